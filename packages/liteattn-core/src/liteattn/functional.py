@@ -1,0 +1,113 @@
+"""``lite_attention``: the functional form. :class:`~liteattn.LiteAttention` wraps it with a state it owns."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+
+from ._env import verbose_enabled
+from .backend import AttentionCall
+from .dispatch import select_backend
+from .skip_state import ShapeKey, SkipState, pack_keep_mask
+from .tiles import default_tile_shape, num_tiles, ranges_to_tile_mask, ranges_to_token_mask, validate_ranges
+from .validation import check_qkv, check_scale, head_thresholds
+
+__all__ = ["lite_attention", "run_attention"]
+
+logger = logging.getLogger("liteattn")
+
+Ranges = Sequence[int] | torch.Tensor | None
+
+
+def lite_attention(query, key, value, state: SkipState | None = None, *, threshold=-10.0, scale=None,
+                   must_do_list: Ranges = None, must_skip_list: Ranges = None, return_softmax_lse=False,
+                   use_int8=False, backend: str | None = None):
+    """Skip-attention of (batch, seq, heads, head_dim) tensors.
+
+    With ``state=None`` every key tile is computed (except must-skip ranges) and nothing is written. With a
+    :class:`SkipState`, the tiles it keeps are computed, the skip test runs at ``threshold`` (log2 units; a
+    float or one per head) and the state advances to the next call.
+
+    Shapes: query (B, Sq, H, D), key (B, Sk, Hkv, D), value (B, Sk, Hkv, Dv), H % Hkv == 0. Returns out
+    (B, Sq, H, Dv) in the input dtype, and lse (B, H, Sq) float32 with ``return_softmax_lse=True``.
+
+    Example::
+
+        >>> q, k, v = (torch.randn(1, 300, 2, 64) for _ in range(3))
+        >>> out = lite_attention(q, k, v)
+        >>> ref = torch.nn.functional.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v)))
+        >>> torch.allclose(out, ref.transpose(1, 2), atol=1e-5)
+        True
+    """
+    out, lse, _ = run_attention(query, key, value, state, threshold=threshold, scale=scale,
+                                must_do_list=must_do_list, must_skip_list=must_skip_list, use_int8=use_int8,
+                                backend=backend)
+    return (out, lse) if return_softmax_lse else out
+
+
+def run_attention(query, key, value, state: SkipState | None, *, threshold, scale, must_do_list, must_skip_list,
+                  use_int8, backend):
+    """:func:`lite_attention` that also returns the fraction of key tiles skipped."""
+    check_qkv(query, key, value)
+    batch, q_len, heads, head_dim = query.shape
+    k_len = key.shape[1]
+    scale = check_scale(scale, head_dim)
+    thresholds = head_thresholds(threshold, heads, query.device)
+    must_do = validate_ranges(must_do_list, k_len, "must_do_list")
+    must_skip = validate_ranges(must_skip_list, k_len, "must_skip_list")
+    if must_do and must_skip and (ranges_to_token_mask(must_do, k_len) & ranges_to_token_mask(must_skip, k_len)).any():
+        raise ValueError("must_do_list and must_skip_list overlap; a token cannot be both forced and excluded")
+    if q_len == 0 or k_len == 0:
+        return _empty_result(query, value, heads)
+
+    if state is not None:
+        state.prepare(ShapeKey(batch, heads, q_len, k_len, head_dim, query.device))
+        block_m, block_n = state.block_m, state.block_n
+    else:
+        block_m, block_n = default_tile_shape(head_dim)
+    k_tiles = num_tiles(k_len, block_n)
+    do_tiles = ranges_to_tile_mask(must_do, k_len, block_n, query.device)
+    skip_tiles = ranges_to_tile_mask(must_skip, k_len, block_n, query.device)
+    forced_bits = pack_keep_mask(do_tiles & ~skip_tiles)
+    skip_bits = pack_keep_mask(skip_tiles)
+
+    if state is not None:
+        compute_bits = (state.read_bits | forced_bits) & ~skip_bits
+        write_bits, reverse = state.write_bits, state.reverse
+    else:
+        compute_bits = None
+        if skip_tiles.any():
+            shape = (batch, heads, num_tiles(q_len, block_m), skip_bits.shape[-1])
+            compute_bits = pack_keep_mask(~skip_tiles).expand(shape).contiguous()
+        write_bits, reverse = None, False
+
+    call = AttentionCall(query, key, value, scale, thresholds, block_m, block_n, compute_bits, write_bits,
+                         reverse, use_int8)
+    chosen = select_backend(call, backend)
+    out, lse = chosen.forward(call)
+
+    if compute_bits is None:
+        sparsity = 0.0
+    else:
+        kept = _popcount(compute_bits).sum().item()
+        sparsity = 1.0 - kept / (batch * heads * call.q_tiles * k_tiles)
+    if state is not None:
+        state.advance(forced_bits)
+        state.last_sparsity = sparsity
+    if verbose_enabled():
+        logger.info("liteattn %s: shape %s, sparsity %.3f", chosen.name, tuple(query.shape), sparsity)
+    return out, lse, sparsity
+
+
+def _popcount(words: torch.Tensor) -> torch.Tensor:
+    shifts = torch.arange(32, device=words.device, dtype=torch.int32)
+    return ((words.unsqueeze(-1) >> shifts) & 1).sum(dim=(-1, -2))
+
+
+def _empty_result(query, value, heads):
+    batch, q_len = query.shape[:2]
+    out = torch.zeros(batch, q_len, heads, value.shape[-1], dtype=query.dtype, device=query.device)
+    lse = torch.full((batch, heads, q_len), -torch.inf, dtype=torch.float32, device=query.device)
+    return out, lse, 0.0

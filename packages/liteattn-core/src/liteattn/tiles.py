@@ -1,0 +1,72 @@
+"""Tile geometry and the conversion of token ranges to key tiles.
+
+A query tile is ``block_m`` consecutive query rows, a key tile ``block_n`` consecutive keys; the last tile of
+each may be partial. Every backend and every skip state uses the same geometry for a given head dim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["default_tile_shape", "num_tiles", "ranges_to_tile_mask", "validate_ranges"]
+
+
+def default_tile_shape(head_dim: int) -> tuple[int, int]:
+    """The (block_m, block_n) every backend uses by default.
+
+    128 x 128 for head dims up to 128; 128 x 64 above, where a 128-key tile of K and V no longer fits
+    the shared memory a Hopper kernel needs for pipelining.
+    """
+    return (128, 128) if head_dim <= 128 else (128, 64)
+
+
+def num_tiles(length: int, block: int) -> int:
+    return -(-length // block)
+
+
+def validate_ranges(ranges: Sequence[int] | torch.Tensor | None, seq_len: int, name: str) -> list[int]:
+    """Check a flat ``[s0, e0, s1, e1, ...]`` list of half-open token ranges and return it as ints.
+
+    Ranges must be non-empty, ascending, non-overlapping and inside ``[0, seq_len]``.
+    """
+    if ranges is None:
+        return []
+    if isinstance(ranges, torch.Tensor):
+        if ranges.dim() != 1 or ranges.dtype.is_floating_point or ranges.dtype == torch.bool:
+            raise ValueError(f"{name} must be a flat list of integer token indices; got a tensor of shape "
+                             f"{tuple(ranges.shape)} and dtype {ranges.dtype}")
+        ranges = ranges.tolist()
+    values = list(ranges)
+    if any(isinstance(x, bool) or not isinstance(x, int) for x in values):
+        raise ValueError(f"{name} must contain integer token indices; got {values!r}")
+    if len(values) % 2:
+        raise ValueError(f"{name} must have an even length [start0, end0, start1, end1, ...]; got {len(values)} "
+                         f"values")
+    previous_end = 0
+    for i in range(0, len(values), 2):
+        start, end = values[i], values[i + 1]
+        if not 0 <= start < end <= seq_len:
+            raise ValueError(f"{name} range [{start}, {end}) must satisfy 0 <= start < end <= {seq_len} "
+                             f"(the key sequence length)")
+        if start < previous_end:
+            raise ValueError(f"{name} ranges must be sorted and non-overlapping; [{start}, {end}) starts before "
+                             f"the previous range ends at {previous_end}")
+        previous_end = end
+    return values
+
+
+def ranges_to_tile_mask(ranges: Sequence[int], seq_len: int, block_n: int, device=None) -> torch.Tensor:
+    """Boolean (k_tiles,) mask of the key tiles touched by validated token ranges (start floor, end ceil)."""
+    mask = torch.zeros(num_tiles(seq_len, block_n), dtype=torch.bool, device=device)
+    for start, end in zip(ranges[0::2], ranges[1::2]):
+        mask[start // block_n: num_tiles(end, block_n)] = True
+    return mask
+
+
+def ranges_to_token_mask(ranges: Sequence[int], seq_len: int) -> torch.Tensor:
+    mask = torch.zeros(seq_len, dtype=torch.bool)
+    for start, end in zip(ranges[0::2], ranges[1::2]):
+        mask[start:end] = True
+    return mask
