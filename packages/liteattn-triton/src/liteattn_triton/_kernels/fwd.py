@@ -1,0 +1,242 @@
+"""Forward skip-attention kernels (only ``@triton.jit`` code lives here).
+
+Chain: ``_attn_fwd`` (one program per query tile, or a persistent loop over tiles ordered by work)
+-> ``_attn_fwd_tile`` (load Q, walk the kept key tiles, epilogue) -> ``_attn_fwd_inner`` (one key tile:
+scores, skip test, online softmax, PV).
+
+Scores are kept in log2 units: ``s = q.k * scale * log2(e)``, which is what the skip test compares with the
+per-head thresholds, and what ``exp2`` wants.
+"""
+
+import triton
+import triton.language as tl
+
+LN2: tl.constexpr = 0.6931471805599453  # log(2), turns a log2-domain LSE into a natural-log one
+
+
+@triton.jit
+def _compact_keep_list(
+    Bits,                   # int32 (rows, W): packed keep bits, rows = B * H * QT
+    Count,                  # int32 (rows,): number of kept key tiles per row (output)
+    Index,                  # int32 (rows, KT): kept key tiles in visit order, first Count entries valid (output)
+    Work,                   # int32 (rows,): Count + 1, the work estimate the persistent scheduler sorts by
+    KT, W,
+    REVERSE: tl.constexpr,  # visit key tiles in descending order
+    KT_PAD: tl.constexpr,   # next power of two >= KT
+):
+    """Expand one row of the bitmask into a compact, ordered list of kept key tiles."""
+    row = tl.program_id(0)
+    offs = tl.arange(0, KT_PAD)
+    if REVERSE:
+        tile = KT - 1 - offs
+    else:
+        tile = offs
+    in_range = offs < KT
+    tile_safe = tl.where(in_range, tile, 0)
+    word = tl.load(Bits + row * W + tile_safe // 32, mask=in_range, other=0)
+    keep = (((word >> (tile_safe % 32)) & 1) != 0) & in_range
+    keep_i = keep.to(tl.int32)
+    pos = tl.cumsum(keep_i, 0) - 1
+    tl.store(Index + row * KT + pos, tile_safe, mask=keep)
+    count = tl.sum(keep_i, 0)
+    tl.store(Count + row, count)
+    tl.store(Work + row, count + 1)
+
+
+@triton.jit
+def _attn_fwd_inner(
+    acc, l_i, m_i, words,
+    q, q_scale,
+    K, V, k_scale_row,
+    stride_ks, stride_vs,
+    j, Sk, qk_scale, thr,
+    row_valid, offs_n, offs_d, offs_dv, w_offs,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
+    D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    EVEN_N: tl.constexpr,        # Sk % BLOCK_N == 0: no padded keys anywhere
+    WRITE_BITS: tl.constexpr,    # run the skip test and accumulate the next state
+    USE_INT8: tl.constexpr,
+    UPCAST: tl.constexpr,        # do the dots in fp32 (interpreter: bf16 dots are broken there)
+    DOT_PREC: tl.constexpr,      # input_precision of fp32 dots
+):
+    start_n = j * BLOCK_N
+    keys = start_n + offs_n
+    # -- load K (BLOCK_N, D) and V (BLOCK_N, DV) --
+    k_ptrs = K + keys[:, None] * stride_ks + offs_d[None, :]
+    v_ptrs = V + keys[:, None] * stride_vs + offs_dv[None, :]
+    if EVEN_N:
+        if D_PAD == HEAD_DIM:
+            k = tl.load(k_ptrs)
+        else:
+            k = tl.load(k_ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0)
+        if DV_PAD == HEAD_DIM_V:
+            v = tl.load(v_ptrs)
+        else:
+            v = tl.load(v_ptrs, mask=offs_dv[None, :] < HEAD_DIM_V, other=0)
+    else:
+        k = tl.load(k_ptrs, mask=(keys[:, None] < Sk) & (offs_d[None, :] < HEAD_DIM), other=0)
+        v = tl.load(v_ptrs, mask=(keys[:, None] < Sk) & (offs_dv[None, :] < HEAD_DIM_V), other=0)
+    # -- scores in log2 units --
+    if USE_INT8:
+        qk_i = tl.dot(q, tl.trans(k), out_dtype=tl.int32)
+        k_scale = tl.load(k_scale_row + j)
+        s = qk_i.to(tl.float32) * (q_scale * k_scale * qk_scale)
+    else:
+        if UPCAST:
+            qk = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision=DOT_PREC)
+        else:
+            qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+        s = qk * qk_scale
+    if not EVEN_N:
+        s = tl.where(keys[None, :] < Sk, s, float("-inf"))  # padded keys never contribute
+    m_tile = tl.max(s, 1)
+    # -- skip test: a valid row needs the tile iff m_tile - m_run > threshold --
+    if WRITE_BITS:
+        need = ((m_tile - m_i) > thr) & row_valid
+        need_any = tl.max(need.to(tl.int32), 0)
+        words = words | tl.where(w_offs == j // 32, need_any << (j % 32), 0)
+    # -- online softmax --
+    m_new = tl.maximum(m_i, m_tile)
+    p = tl.math.exp2(s - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    if UPCAST:
+        acc = tl.dot(p, v.to(tl.float32), acc, input_precision=DOT_PREC)
+    else:
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
+    return acc, l_i, m_new, words
+
+
+@triton.jit
+def _attn_fwd_tile(
+    tile_id,
+    Q, K, V, Out, Lse, Thr,
+    QScale, KScale,
+    Count, Index, WBits,
+    stride_qb, stride_qs, stride_qh,          # Q (B, Sq, H, D) or its int8 copy
+    stride_kb, stride_ks, stride_kh,          # K (B, Sk, Hkv, D) or its int8 copy
+    stride_vb, stride_vs, stride_vh,          # V (B, Sk, Hkv, DV)
+    stride_ob, stride_os, stride_oh,          # Out (B, Sq, H, DV)
+    H, GROUP, Sq, Sk, QT, KT, W,
+    qk_scale,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
+    D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    W_PAD: tl.constexpr,
+    DENSE: tl.constexpr, REVERSE: tl.constexpr,
+    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
+    WRITE_BITS: tl.constexpr, USE_INT8: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    # tile_id = (b * H + h) * QT + qt, the row of the skip state
+    qt = tile_id % QT
+    bh = tile_id // QT
+    h = bh % H
+    b = bh // H
+    hk = h // GROUP
+
+    offs_m = qt * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D_PAD)
+    offs_dv = tl.arange(0, DV_PAD)
+    w_offs = tl.arange(0, W_PAD)
+    row_valid = offs_m < Sq
+
+    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :]
+    if EVEN_M and D_PAD == HEAD_DIM:
+        q = tl.load(q_ptrs)
+    else:
+        q = tl.load(q_ptrs, mask=row_valid[:, None] & (offs_d[None, :] < HEAD_DIM), other=0)
+    if USE_INT8:
+        q_scale = tl.load(QScale + tile_id)
+        k_scale_row = KScale + (b * (H // GROUP) + hk) * KT
+    else:
+        q_scale = 1.0
+        k_scale_row = KScale
+    thr = tl.load(Thr + h)
+
+    K_base = K + b * stride_kb + hk * stride_kh
+    V_base = V + b * stride_vb + hk * stride_vh
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, DV_PAD], dtype=tl.float32)
+    words = tl.zeros([W_PAD], dtype=tl.int32)
+
+    if DENSE:
+        count = KT
+    else:
+        count = tl.load(Count + tile_id)
+    idx_row = Index + tile_id.to(tl.int64) * KT
+    for t in range(0, count):
+        if DENSE:
+            if REVERSE:
+                j = KT - 1 - t
+            else:
+                j = t
+        else:
+            j = tl.load(idx_row + t)
+        acc, l_i, m_i, words = _attn_fwd_inner(
+            acc, l_i, m_i, words, q, q_scale, K_base, V_base, k_scale_row,
+            stride_ks, stride_vs, j, Sk, qk_scale, thr,
+            row_valid, offs_n, offs_d, offs_dv, w_offs,
+            HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD, BLOCK_N, EVEN_N, WRITE_BITS, USE_INT8, UPCAST, DOT_PREC)
+
+    # -- epilogue: rows with no computed tile get out = 0, lse = -inf --
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * LN2)
+    o_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_os + offs_dv[None, :]
+    o_mask = row_valid[:, None] & (offs_dv[None, :] < HEAD_DIM_V)
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=o_mask)
+    tl.store(Lse + (b * H + h) * Sq + offs_m, lse, mask=row_valid)
+    if WRITE_BITS:
+        tl.store(WBits + tile_id * W + w_offs, words, mask=w_offs < W)
+
+
+@triton.jit
+def _attn_fwd(
+    Q, K, V, Out, Lse, Thr,
+    QScale, KScale,
+    Count, Index, WBits,
+    Order,                                    # int32 (num_tiles,): tiles by decreasing work (persistent only)
+    stride_qb, stride_qs, stride_qh,
+    stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh,
+    stride_ob, stride_os, stride_oh,
+    H, GROUP, Sq, Sk, QT, KT, W,
+    qk_scale,
+    num_tiles,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
+    D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    W_PAD: tl.constexpr,
+    DENSE: tl.constexpr, REVERSE: tl.constexpr,
+    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
+    WRITE_BITS: tl.constexpr, USE_INT8: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
+    PERSISTENT: tl.constexpr,                 # loop over Order with a grid of about one program per SM
+):
+    if PERSISTENT:
+        for work in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
+            tile_id = tl.load(Order + work)
+            _attn_fwd_tile(
+                tile_id, Q, K, V, Out, Lse, Thr, QScale, KScale, Count, Index, WBits,
+                stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
+                stride_vb, stride_vs, stride_vh, stride_ob, stride_os, stride_oh,
+                H, GROUP, Sq, Sk, QT, KT, W, qk_scale,
+                HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD, BLOCK_M, BLOCK_N, W_PAD, DENSE, REVERSE,
+                EVEN_M, EVEN_N, WRITE_BITS, USE_INT8, UPCAST, DOT_PREC)
+    else:
+        # grid (QT, B * H): consecutive programs share K/V of one head in L2
+        tile_id = tl.program_id(1) * QT + tl.program_id(0)
+        _attn_fwd_tile(
+            tile_id, Q, K, V, Out, Lse, Thr, QScale, KScale, Count, Index, WBits,
+            stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
+            stride_vb, stride_vs, stride_vh, stride_ob, stride_os, stride_oh,
+            H, GROUP, Sq, Sk, QT, KT, W, qk_scale,
+            HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD, BLOCK_M, BLOCK_N, W_PAD, DENSE, REVERSE,
+            EVEN_M, EVEN_N, WRITE_BITS, USE_INT8, UPCAST, DOT_PREC)

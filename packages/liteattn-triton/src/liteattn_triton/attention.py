@@ -1,0 +1,253 @@
+"""The Triton backend: validation, scratch buffers, grid and launch.
+
+The one public entry point is :class:`TritonBackend` (registered as ``triton`` under the ``liteattn.backends``
+entry-point group); :func:`triton_forward` runs one :class:`liteattn.backend.AttentionCall` directly.
+
+Per call:
+
+1. the packed keep-bitmask ``compute_bits`` (B, H, QT, W) is expanded by a small Triton kernel into a compact
+   list of kept key tiles per query tile, already in visit order (descending when ``reverse``), so the main
+   loop has no per-tile branch and the software pipeliner sees a dense loop;
+2. with ``use_int8``, Q and K are quantised by a fused Triton kernel (``liteattn.quant`` semantics);
+3. the forward kernel walks each query tile's list, runs the skip test on every computed tile and writes
+   every word of ``write_bits``. On a GPU, query tiles are handed to a persistent grid in decreasing order of
+   kept tiles, so tiles with little work fill in behind the heavy ones instead of idling SMs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+
+from liteattn.backend import AttentionCall, Capabilities
+
+from . import configs
+from ._kernels.fwd import _attn_fwd, _compact_keep_list
+from ._kernels.quant import _quantize_k, _quantize_q
+
+__all__ = ["TritonBackend", "triton_forward"]
+
+LOG2E = 1.4426950408889634  # 1/log(2): scores are kept in log2 units
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _next_pow2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+class _Scratch:
+    """Per-device transient buffers (compact keep lists), grown on demand and shared by all layers."""
+
+    def __init__(self):
+        self._buffers: dict[tuple[str, str], torch.Tensor] = {}
+
+    def get(self, name: str, numel: int, device: torch.device) -> torch.Tensor:
+        key = (name, str(device))
+        buf = self._buffers.get(key)
+        if buf is None or buf.numel() < numel:
+            buf = torch.empty(max(numel, 1), dtype=torch.int32, device=device)
+            self._buffers[key] = buf
+        return buf[:numel]
+
+
+_SCRATCH = _Scratch()
+_SM_COUNT: dict[int, int] = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SM_COUNT:
+        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SM_COUNT[index]
+
+
+def _compact(call: AttentionCall, rows: int, k_tiles: int, words: int):
+    """(count (rows,), index (rows, KT), work (rows,)) from the packed compute bits, in visit order."""
+    device = call.q.device
+    bits = call.compute_bits.contiguous()
+    count = _SCRATCH.get("count", rows, device)
+    work = _SCRATCH.get("work", rows, device)
+    index = _SCRATCH.get("index", rows * k_tiles, device)
+    _compact_keep_list[(rows,)](
+        bits, count, index, work, k_tiles, words,
+        REVERSE=call.reverse, KT_PAD=max(_next_pow2(k_tiles), 16), num_warps=4)
+    return count, index, work
+
+
+def _quantize(call: AttentionCall, d_pad: int):
+    """int8 copies of Q and smoothed K with their per-tile scales (liteattn.quant semantics)."""
+    q, k = call.q, call.k
+    batch, q_len, heads, dim = q.shape
+    _, k_len, kv_heads, _ = k.shape
+    q_tiles, k_tiles = call.q_tiles, call.k_tiles
+    q8 = torch.empty(q.shape, dtype=torch.int8, device=q.device)
+    k8 = torch.empty(k.shape, dtype=torch.int8, device=q.device)
+    q_scale = torch.empty(batch, heads, q_tiles, dtype=torch.float32, device=q.device)
+    k_scale = torch.empty(batch, kv_heads, k_tiles, dtype=torch.float32, device=q.device)
+    k_mean = k.float().mean(dim=1).contiguous()  # (B, Hkv, D), one fused reduction
+    _quantize_q[(q_tiles, batch * heads)](
+        q, q8, q_scale,
+        q.stride(0), q.stride(1), q.stride(2),
+        heads, q_len, q_tiles,
+        HEAD_DIM=dim, D_PAD=d_pad, BLOCK_M=call.block_m, num_warps=4)
+    _quantize_k[(k_tiles, batch * kv_heads)](
+        k, k_mean, k8, k_scale,
+        k.stride(0), k.stride(1), k.stride(2),
+        kv_heads, k_len, k_tiles,
+        HEAD_DIM=dim, D_PAD=d_pad, BLOCK_N=call.block_n, num_warps=4)
+    return q8, k8, q_scale, k_scale
+
+
+def triton_forward(call: AttentionCall, *, persistent: bool | None = None,
+                   skip_test: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run one call; returns ``(out (B, Sq, H, Dv), lse (B, H, Sq) float32)`` and fills ``call.write_bits``.
+
+    ``persistent`` overrides the scheduler choice (default: persistent on a GPU when some tiles are skipped);
+    ``skip_test=False`` compiles the skip test out even when ``write_bits`` is given (benchmarks only: the
+    bits are then left untouched).
+    """
+    q, k, v = call.q, call.k, call.v
+    batch, q_len, heads, dim = q.shape
+    _, k_len, kv_heads, dim_v = v.shape
+    device = q.device
+    out = torch.empty(batch, q_len, heads, dim_v, dtype=q.dtype, device=device)
+    lse = torch.empty(batch, heads, q_len, dtype=torch.float32, device=device)
+    bm, bn = call.block_m, call.block_n
+    q_tiles, k_tiles = call.q_tiles, call.k_tiles
+    words = -(-k_tiles // 32)
+    write = call.write_bits is not None and (skip_test is None or skip_test)
+    if q_len == 0:
+        return out, lse
+    if k_len == 0:
+        out.zero_()
+        lse.fill_(-math.inf)
+        if call.write_bits is not None:
+            call.write_bits.zero_()
+        return out, lse
+
+    rows = batch * heads * q_tiles
+    dense = call.compute_bits is None
+    if dense:
+        count = index = work = torch.empty(1, dtype=torch.int32, device=device)
+    else:
+        count, index, work = _compact(call, rows, k_tiles, words)
+
+    d_pad, dv_pad = max(_next_pow2(dim), 16), max(_next_pow2(dim_v), 16)
+    if call.use_int8:
+        q_in, k_in, q_scale, k_scale = _quantize(call, d_pad)
+    else:
+        q_in, k_in = q, k
+        q_scale = k_scale = torch.empty(1, dtype=torch.float32, device=device)
+
+    wbits = call.write_bits
+    if write and not wbits.is_contiguous():
+        wbits = torch.empty(wbits.shape, dtype=torch.int32, device=device)
+    if not write:
+        wbits_arg = torch.empty(1, dtype=torch.int32, device=device)
+    else:
+        wbits_arg = wbits
+    thresholds = call.thresholds.to(device=device, dtype=torch.float32).contiguous()
+
+    interp = _interpreting()
+    if persistent is None:
+        persistent = (not interp) and device.type == "cuda" and not dense
+    if persistent:
+        order = torch.argsort(work[:rows], descending=True, stable=True).to(torch.int32)
+        grid = (min(rows, 2 * _sm_count(device)),)
+    else:
+        order = count
+        grid = (q_tiles, batch * heads)
+
+    cfg = configs.pick_config(dim, bm, bn, call.use_int8)
+    upcast = interp and q.dtype == torch.bfloat16
+    _attn_fwd[grid](
+        q_in, k_in, v, out, lse, thresholds,
+        q_scale, k_scale,
+        count, index, wbits_arg,
+        order,
+        q_in.stride(0), q_in.stride(1), q_in.stride(2),
+        k_in.stride(0), k_in.stride(1), k_in.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        heads, heads // kv_heads, q_len, k_len, q_tiles, k_tiles, words,
+        call.scale * LOG2E,
+        rows,
+        HEAD_DIM=dim, HEAD_DIM_V=dim_v, D_PAD=d_pad, DV_PAD=dv_pad,
+        BLOCK_M=bm, BLOCK_N=bn, W_PAD=_next_pow2(words),
+        DENSE=dense, REVERSE=call.reverse,
+        EVEN_M=q_len % bm == 0, EVEN_N=k_len % bn == 0,
+        WRITE_BITS=write, USE_INT8=call.use_int8,
+        UPCAST=upcast, DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
+        PERSISTENT=persistent,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if write and wbits is not call.write_bits:
+        call.write_bits.copy_(wbits)
+    return out, lse
+
+
+class TritonBackend:
+    """Skip attention in Triton: fp16/bf16 (fp32 under the interpreter), head dims 32/64/96/128/256,
+    tiles of 16..128 rows/keys, GQA, INT8 Q/K. Registered under the entry point ``triton``."""
+
+    name = "triton"
+    priority = 20
+
+    def capabilities(self) -> Capabilities:
+        devices = {"cuda"}
+        dtypes = {torch.float16, torch.bfloat16}
+        if _interpreting():
+            devices.add("cpu")
+            dtypes.add(torch.float32)
+        return Capabilities(
+            devices=frozenset(devices),
+            dtypes=frozenset(dtypes),
+            head_dims=configs.HEAD_DIMS,
+            int8=True,
+            writes_state=True,
+        )
+
+    def unavailable_reason(self) -> str | None:
+        if _interpreting():
+            return None
+        if not torch.cuda.is_available():
+            return "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on the CPU)"
+        major, minor = torch.cuda.get_device_capability()
+        if major < 8:
+            return f"needs compute capability >= 8.0 (bf16 tensor cores); found {major}.{minor}"
+        return None
+
+    def unsupported_reason(self, call: AttentionCall) -> str | None:
+        q, k, v = call.q, call.k, call.v
+        if q.device.type == "cpu" and not _interpreting():
+            return "CPU tensors need TRITON_INTERPRET=1"
+        if not (q.device == k.device == v.device):
+            return f"q, k, v are on different devices ({q.device}, {k.device}, {v.device})"
+        if not (q.dtype == k.dtype == v.dtype):
+            return f"q, k, v have different dtypes ({q.dtype}, {k.dtype}, {v.dtype})"
+        if q.dtype == torch.float32 and not _interpreting():
+            return "float32 runs only under TRITON_INTERPRET=1 (use fp16 or bf16 on a GPU)"
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            if t.stride(-1) != 1:
+                return f"{name} must have a contiguous last dim; strides {tuple(t.stride())}"
+        dim, dim_v = q.shape[-1], v.shape[-1]
+        for name, d in (("head_dim", dim), ("v head_dim", dim_v)):
+            if d not in configs.HEAD_DIMS:
+                return f"{name}={d} is not one of {sorted(configs.HEAD_DIMS)}"
+        reason = configs.unsupported_tiles(max(dim, dim_v), call.block_m, call.block_n)
+        if reason is not None:
+            return reason
+        if call.k_tiles > configs.MAX_K_TILES:
+            return f"{call.k_tiles} key tiles exceed {configs.MAX_K_TILES}"
+        for name, bits in (("compute_bits", call.compute_bits), ("write_bits", call.write_bits)):
+            if bits is not None and bits.dtype != torch.int32:
+                return f"{name} must be int32; got {bits.dtype}"
+        return None
+
+    def forward(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
+        return triton_forward(call)

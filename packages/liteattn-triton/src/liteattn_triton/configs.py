@@ -1,0 +1,41 @@
+"""Launch configurations: (num_warps, num_stages) per problem class, and which tile shapes are supported.
+
+No autotuning at call time: the skip state fixes the tile geometry, and a benchmark-picked table keeps the
+first call of every layer free of tuning runs (and works in the interpreter, where autotune with more than
+one config fails).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+HEAD_DIMS = frozenset({32, 64, 96, 128, 256})
+BLOCK_SIZES = frozenset({16, 32, 64, 128})
+MAX_K_TILES = 1 << 16  # the compaction kernel holds one row of key tiles in registers
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    num_warps: int
+    num_stages: int
+
+
+def pick_config(head_dim: int, block_m: int, block_n: int, use_int8: bool) -> LaunchConfig:
+    """Warps and pipeline depth for one tile shape (measured on an H100, see bench/NOTES-triton.md)."""
+    if block_m * block_n < 128 * 64:
+        return LaunchConfig(num_warps=4, num_stages=2)
+    if head_dim > 128:
+        return LaunchConfig(num_warps=8, num_stages=2)
+    if head_dim <= 64:
+        return LaunchConfig(num_warps=8 if block_m >= 128 else 4, num_stages=3)
+    return LaunchConfig(num_warps=8, num_stages=3)
+
+
+def unsupported_tiles(head_dim: int, block_m: int, block_n: int) -> str | None:
+    """Why a tile shape is refused (it must be a power of two in 16..128, and fit shared memory), or None."""
+    for name, value in (("block_m", block_m), ("block_n", block_n)):
+        if value not in BLOCK_SIZES:
+            return f"{name}={value} is not one of {sorted(BLOCK_SIZES)}"
+    if head_dim > 128 and block_n > 64:
+        return f"head_dim={head_dim} needs block_n <= 64 (shared memory); got block_n={block_n}"
+    return None
