@@ -104,13 +104,33 @@ def _quantize(call: AttentionCall, d_pad: int):
     return q8, k8, q_scale, k_scale
 
 
-def triton_forward(call: AttentionCall, *, persistent: bool | None = None,
-                   skip_test: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _descriptor_ok(t: torch.Tensor, dim: int) -> bool:
+    """Can a (B, S, heads * dim) TMA descriptor view this BSHD tensor (heads packed, 16-byte strides)?"""
+    size = t.element_size()
+    return (dim == _next_pow2(dim) and t.stride(2) == dim and t.stride(3) == 1
+            and (t.stride(0) * size) % 16 == 0 and (t.stride(1) * size) % 16 == 0
+            and t.data_ptr() % 16 == 0 and dim * size >= 16)
+
+
+_ALLOCATOR_SET = False
+
+
+def _ensure_allocator() -> None:
+    """Device-side tensor descriptors need a global scratch allocator (set once)."""
+    global _ALLOCATOR_SET
+    if not _ALLOCATOR_SET:
+        triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
+        _ALLOCATOR_SET = True
+
+
+def triton_forward(call: AttentionCall, *, persistent: bool | None = None, skip_test: bool | None = None,
+                   use_desc: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Run one call; returns ``(out (B, Sq, H, Dv), lse (B, H, Sq) float32)`` and fills ``call.write_bits``.
 
     ``persistent`` overrides the scheduler choice (default: persistent on a GPU when some tiles are skipped);
     ``skip_test=False`` compiles the skip test out even when ``write_bits`` is given (benchmarks only: the
-    bits are then left untouched).
+    bits are then left untouched); ``use_desc`` forces TMA tensor descriptors on or off (default: on for
+    sm_90+ when the layout allows).
     """
     q, k, v = call.q, call.k, call.v
     batch, q_len, heads, dim = q.shape
@@ -164,6 +184,12 @@ def triton_forward(call: AttentionCall, *, persistent: bool | None = None,
         order = count
         grid = (q_tiles, batch * heads)
 
+    if use_desc is None:
+        use_desc = (not interp and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9)
+    use_desc = use_desc and _descriptor_ok(q_in, dim) and _descriptor_ok(k_in, dim) and _descriptor_ok(v, dim_v)
+    if use_desc and not interp:
+        _ensure_allocator()
+
     cfg = configs.pick_config(dim, bm, bn, call.use_int8)
     upcast = interp and q.dtype == torch.bfloat16
     _attn_fwd[grid](
@@ -175,7 +201,7 @@ def triton_forward(call: AttentionCall, *, persistent: bool | None = None,
         k_in.stride(0), k_in.stride(1), k_in.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
-        heads, heads // kv_heads, q_len, k_len, q_tiles, k_tiles, words,
+        batch, heads, heads // kv_heads, q_len, k_len, q_tiles, k_tiles, words,
         call.scale * LOG2E,
         rows,
         HEAD_DIM=dim, HEAD_DIM_V=dim_v, D_PAD=d_pad, DV_PAD=dv_pad,
@@ -184,7 +210,7 @@ def triton_forward(call: AttentionCall, *, persistent: bool | None = None,
         EVEN_M=q_len % bm == 0, EVEN_N=k_len % bn == 0,
         WRITE_BITS=write, USE_INT8=call.use_int8,
         UPCAST=upcast, DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
-        PERSISTENT=persistent,
+        USE_DESC=use_desc, PERSISTENT=persistent,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if write and wbits is not call.write_bits:
         call.write_bits.copy_(wbits)

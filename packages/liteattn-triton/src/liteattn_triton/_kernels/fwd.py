@@ -44,10 +44,44 @@ def _compact_keep_list(
 
 
 @triton.jit
+def _load_kv(
+    K, V,                                # pointers to this (b, kv head), or tensor descriptors
+    b, kv_col, kv_col_v,                 # descriptor coordinates: batch, first column of this kv head
+    start_n, offs_n, offs_d, offs_dv,
+    stride_ks, stride_vs, Sk,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
+    D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr, USE_DESC: tl.constexpr,
+):
+    """K (BLOCK_N, D) and V (BLOCK_N, DV) of key tile starting at start_n; padded keys load as 0."""
+    if USE_DESC:
+        k = K.load([b, start_n, kv_col]).reshape(BLOCK_N, D_PAD)
+        v = V.load([b, start_n, kv_col_v]).reshape(BLOCK_N, DV_PAD)
+    else:
+        keys = start_n + offs_n
+        k_ptrs = K + keys[:, None] * stride_ks + offs_d[None, :]
+        v_ptrs = V + keys[:, None] * stride_vs + offs_dv[None, :]
+        if EVEN_N:
+            if D_PAD == HEAD_DIM:
+                k = tl.load(k_ptrs)
+            else:
+                k = tl.load(k_ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0)
+            if DV_PAD == HEAD_DIM_V:
+                v = tl.load(v_ptrs)
+            else:
+                v = tl.load(v_ptrs, mask=offs_dv[None, :] < HEAD_DIM_V, other=0)
+        else:
+            k = tl.load(k_ptrs, mask=(keys[:, None] < Sk) & (offs_d[None, :] < HEAD_DIM), other=0)
+            v = tl.load(v_ptrs, mask=(keys[:, None] < Sk) & (offs_dv[None, :] < HEAD_DIM_V), other=0)
+    return k, v
+
+
+@triton.jit
 def _attn_fwd_inner(
-    acc, l_i, m_i, words,
+    acc, l_i, m_i, words,                # running state: (BM, DV), (BM,), (BM,) log2 units, (W_PAD,) bits
     q, q_scale,
     K, V, k_scale_row,
+    b, kv_col, kv_col_v,
     stride_ks, stride_vs,
     j, Sk, qk_scale, thr,
     row_valid, offs_n, offs_d, offs_dv, w_offs,
@@ -59,24 +93,11 @@ def _attn_fwd_inner(
     USE_INT8: tl.constexpr,
     UPCAST: tl.constexpr,        # do the dots in fp32 (interpreter: bf16 dots are broken there)
     DOT_PREC: tl.constexpr,      # input_precision of fp32 dots
+    USE_DESC: tl.constexpr,
 ):
     start_n = j * BLOCK_N
-    keys = start_n + offs_n
-    # -- load K (BLOCK_N, D) and V (BLOCK_N, DV) --
-    k_ptrs = K + keys[:, None] * stride_ks + offs_d[None, :]
-    v_ptrs = V + keys[:, None] * stride_vs + offs_dv[None, :]
-    if EVEN_N:
-        if D_PAD == HEAD_DIM:
-            k = tl.load(k_ptrs)
-        else:
-            k = tl.load(k_ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0)
-        if DV_PAD == HEAD_DIM_V:
-            v = tl.load(v_ptrs)
-        else:
-            v = tl.load(v_ptrs, mask=offs_dv[None, :] < HEAD_DIM_V, other=0)
-    else:
-        k = tl.load(k_ptrs, mask=(keys[:, None] < Sk) & (offs_d[None, :] < HEAD_DIM), other=0)
-        v = tl.load(v_ptrs, mask=(keys[:, None] < Sk) & (offs_dv[None, :] < HEAD_DIM_V), other=0)
+    k, v = _load_kv(K, V, b, kv_col, kv_col_v, start_n, offs_n, offs_d, offs_dv, stride_ks, stride_vs, Sk,
+                    HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD, BLOCK_N, EVEN_N, USE_DESC)
     # -- scores in log2 units --
     if USE_INT8:
         qk_i = tl.dot(q, tl.trans(k), out_dtype=tl.int32)
@@ -89,9 +110,9 @@ def _attn_fwd_inner(
             qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
         s = qk * qk_scale
     if not EVEN_N:
-        s = tl.where(keys[None, :] < Sk, s, float("-inf"))  # padded keys never contribute
+        s = tl.where((start_n + offs_n)[None, :] < Sk, s, float("-inf"))  # padded keys never contribute
     m_tile = tl.max(s, 1)
-    # -- skip test: a valid row needs the tile iff m_tile - m_run > threshold --
+    # -- skip test: a valid row needs the tile iff m_tile - m_run > threshold (m_run = -inf: always) --
     if WRITE_BITS:
         need = ((m_tile - m_i) > thr) & row_valid
         need_any = tl.max(need.to(tl.int32), 0)
@@ -111,10 +132,10 @@ def _attn_fwd_inner(
 
 @triton.jit
 def _attn_fwd_tile(
-    tile_id,
-    Q, K, V, Out, Lse, Thr,
-    QScale, KScale,
-    Count, Index, WBits,
+    tile_id,                                  # (b * H + h) * QT + qt: the row of the skip state
+    Q, K, V, Out, Lse, Thr,                   # pointers, or (Q, K, V) tensor descriptors when USE_DESC
+    QScale, KScale,                           # int8 scales: fp32 (B, H, QT), (B, Hkv, KT)
+    Count, Index, WBits,                      # compact keep list (rows,), (rows, KT); next state (rows, W)
     stride_qb, stride_qs, stride_qh,          # Q (B, Sq, H, D) or its int8 copy
     stride_kb, stride_ks, stride_kh,          # K (B, Sk, Hkv, D) or its int8 copy
     stride_vb, stride_vs, stride_vh,          # V (B, Sk, Hkv, DV)
@@ -129,8 +150,8 @@ def _attn_fwd_tile(
     EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
     WRITE_BITS: tl.constexpr, USE_INT8: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
+    USE_DESC: tl.constexpr,
 ):
-    # tile_id = (b * H + h) * QT + qt, the row of the skip state
     qt = tile_id % QT
     bh = tile_id // QT
     h = bh % H
@@ -144,11 +165,18 @@ def _attn_fwd_tile(
     w_offs = tl.arange(0, W_PAD)
     row_valid = offs_m < Sq
 
-    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :]
-    if EVEN_M and D_PAD == HEAD_DIM:
-        q = tl.load(q_ptrs)
+    if USE_DESC:
+        q = Q.load([b, qt * BLOCK_M, h * HEAD_DIM]).reshape(BLOCK_M, D_PAD)
+        K_base = K
+        V_base = V
     else:
-        q = tl.load(q_ptrs, mask=row_valid[:, None] & (offs_d[None, :] < HEAD_DIM), other=0)
+        q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :]
+        if EVEN_M and D_PAD == HEAD_DIM:
+            q = tl.load(q_ptrs)
+        else:
+            q = tl.load(q_ptrs, mask=row_valid[:, None] & (offs_d[None, :] < HEAD_DIM), other=0)
+        K_base = K + b * stride_kb + hk * stride_kh
+        V_base = V + b * stride_vb + hk * stride_vh
     if USE_INT8:
         q_scale = tl.load(QScale + tile_id)
         k_scale_row = KScale + (b * (H // GROUP) + hk) * KT
@@ -156,9 +184,6 @@ def _attn_fwd_tile(
         q_scale = 1.0
         k_scale_row = KScale
     thr = tl.load(Thr + h)
-
-    K_base = K + b * stride_kb + hk * stride_kh
-    V_base = V + b * stride_vb + hk * stride_vh
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -180,9 +205,10 @@ def _attn_fwd_tile(
             j = tl.load(idx_row + t)
         acc, l_i, m_i, words = _attn_fwd_inner(
             acc, l_i, m_i, words, q, q_scale, K_base, V_base, k_scale_row,
-            stride_ks, stride_vs, j, Sk, qk_scale, thr,
+            b, hk * HEAD_DIM, hk * HEAD_DIM_V, stride_ks, stride_vs, j, Sk, qk_scale, thr,
             row_valid, offs_n, offs_d, offs_dv, w_offs,
-            HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD, BLOCK_N, EVEN_N, WRITE_BITS, USE_INT8, UPCAST, DOT_PREC)
+            HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD, BLOCK_N, EVEN_N, WRITE_BITS, USE_INT8, UPCAST, DOT_PREC,
+            USE_DESC)
 
     # -- epilogue: rows with no computed tile get out = 0, lse = -inf --
     empty = l_i == 0.0
@@ -190,8 +216,10 @@ def _attn_fwd_tile(
     out = acc / l_safe[:, None]
     lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * LN2)
     o_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_os + offs_dv[None, :]
-    o_mask = row_valid[:, None] & (offs_dv[None, :] < HEAD_DIM_V)
-    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=o_mask)
+    if EVEN_M and DV_PAD == HEAD_DIM_V:
+        tl.store(o_ptrs, out.to(Out.dtype.element_ty))
+    else:
+        tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_valid[:, None] & (offs_dv[None, :] < HEAD_DIM_V))
     tl.store(Lse + (b * H + h) * Sq + offs_m, lse, mask=row_valid)
     if WRITE_BITS:
         tl.store(WBits + tile_id * W + w_offs, words, mask=w_offs < W)
@@ -207,7 +235,7 @@ def _attn_fwd(
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
     stride_ob, stride_os, stride_oh,
-    H, GROUP, Sq, Sk, QT, KT, W,
+    B, H, GROUP, Sq, Sk, QT, KT, W,
     qk_scale,
     num_tiles,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
@@ -218,25 +246,39 @@ def _attn_fwd(
     EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
     WRITE_BITS: tl.constexpr, USE_INT8: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
+    USE_DESC: tl.constexpr,                   # TMA tensor descriptors over (B, S, heads * D) views
     PERSISTENT: tl.constexpr,                 # loop over Order with a grid of about one program per SM
 ):
+    if USE_DESC:
+        # 3-D views (B, S, heads * D): out-of-range rows of a batch load as zeros
+        Hkv = H // GROUP
+        q_src = tl.make_tensor_descriptor(Q, shape=[B, Sq, H * HEAD_DIM], strides=[stride_qb, stride_qs, 1],
+                                          block_shape=[1, BLOCK_M, D_PAD])
+        k_src = tl.make_tensor_descriptor(K, shape=[B, Sk, Hkv * HEAD_DIM], strides=[stride_kb, stride_ks, 1],
+                                          block_shape=[1, BLOCK_N, D_PAD])
+        v_src = tl.make_tensor_descriptor(V, shape=[B, Sk, Hkv * HEAD_DIM_V], strides=[stride_vb, stride_vs, 1],
+                                          block_shape=[1, BLOCK_N, DV_PAD])
+    else:
+        q_src = Q
+        k_src = K
+        v_src = V
     if PERSISTENT:
         for work in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
             tile_id = tl.load(Order + work)
             _attn_fwd_tile(
-                tile_id, Q, K, V, Out, Lse, Thr, QScale, KScale, Count, Index, WBits,
+                tile_id, q_src, k_src, v_src, Out, Lse, Thr, QScale, KScale, Count, Index, WBits,
                 stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
                 stride_vb, stride_vs, stride_vh, stride_ob, stride_os, stride_oh,
                 H, GROUP, Sq, Sk, QT, KT, W, qk_scale,
                 HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD, BLOCK_M, BLOCK_N, W_PAD, DENSE, REVERSE,
-                EVEN_M, EVEN_N, WRITE_BITS, USE_INT8, UPCAST, DOT_PREC)
+                EVEN_M, EVEN_N, WRITE_BITS, USE_INT8, UPCAST, DOT_PREC, USE_DESC)
     else:
         # grid (QT, B * H): consecutive programs share K/V of one head in L2
         tile_id = tl.program_id(1) * QT + tl.program_id(0)
         _attn_fwd_tile(
-            tile_id, Q, K, V, Out, Lse, Thr, QScale, KScale, Count, Index, WBits,
+            tile_id, q_src, k_src, v_src, Out, Lse, Thr, QScale, KScale, Count, Index, WBits,
             stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
             stride_vb, stride_vs, stride_vh, stride_ob, stride_os, stride_oh,
             H, GROUP, Sq, Sk, QT, KT, W, qk_scale,
             HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD, BLOCK_M, BLOCK_N, W_PAD, DENSE, REVERSE,
-            EVEN_M, EVEN_N, WRITE_BITS, USE_INT8, UPCAST, DOT_PREC)
+            EVEN_M, EVEN_N, WRITE_BITS, USE_INT8, UPCAST, DOT_PREC, USE_DESC)
