@@ -11,7 +11,7 @@ per-head thresholds, and what ``exp2`` wants.
 import triton
 import triton.language as tl
 
-LN2: tl.constexpr = 0.6931471805599453  # log(2), turns a log2-domain LSE into a natural-log one
+LN2 = tl.constexpr(0.6931471805599453)  # log(2), turns a log2-domain LSE into a natural-log one
 
 
 @triton.jit

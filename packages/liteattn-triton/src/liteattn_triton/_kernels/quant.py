@@ -10,7 +10,7 @@ round-half-to-even, so the int8 tensors equal the reference's.
 import triton
 import triton.language as tl
 
-INT8_MAX: tl.constexpr = 127.0  # symmetric int8 range [-127, 127]
+INT8_MAX = tl.constexpr(127.0) # symmetric int8 range [-127, 127]
 
 
 @triton.jit
