@@ -1,0 +1,86 @@
+// The sm90 kernel: composes the producer (mainloop_load), the consumers (mainloop_mma + softmax) and the
+// epilogue. Declares the kernel parameters; all shared memory lives in Traits::SharedStorage.
+#pragma once
+
+#include "kernel_traits.cuh"
+#include "tile_scheduler.cuh"
+#include "mainloop_load.cuh"
+#include "mainloop_mma.cuh"
+#include "softmax.cuh"
+#include "epilogue.cuh"
+
+namespace liteattn {
+
+template <class Traits>
+struct KernelParams {
+  typename Traits::ShapeQKV shape_q;  // (Sq, D, H, B)
+  typename Traits::ShapeQKV shape_k;  // (Sk, D, Hkv, B)
+  typename Traits::TmaQ tma_q;
+  typename Traits::TmaKV tma_k;
+  typename Traits::TmaKV tma_v;
+  void* out;
+  int64_t out_stride_b, out_stride_s, out_stride_h;
+  float* lse;                   // (B, H, Sq)
+  int32_t const* compute_bits;  // (B, H, QT, W) or nullptr
+  int seqlen_q, seqlen_k, num_heads, head_ratio;
+  int num_q_tiles, num_k_tiles, num_words;
+  float scale, scale_log2;
+  bool reverse;
+};
+
+template <class Traits>
+__global__ void __launch_bounds__(Traits::kNumThreads, 1)
+    fwd_kernel_sm90(CUTE_GRID_CONSTANT KernelParams<Traits> const params) {
+  using SharedStorage = typename Traits::SharedStorage;
+  using Pipeline = typename Traits::Pipeline;
+  extern __shared__ char smem_buf[];
+  SharedStorage& shared = *reinterpret_cast<SharedStorage*>(smem_buf);
+
+  int const warp_group = cutlass::canonical_warp_group_idx();
+  int const warp_idx = cutlass::canonical_warp_idx_sync();
+  int const lane_pred = cute::elect_one_sync();
+
+  if (warp_idx == 0 && lane_pred) {
+    cute::prefetch_tma_descriptor(params.tma_q.get_tma_descriptor());
+    cute::prefetch_tma_descriptor(params.tma_k.get_tma_descriptor());
+    cute::prefetch_tma_descriptor(params.tma_v.get_tma_descriptor());
+    shared.barrier_q.init(1);
+  }
+
+  typename Pipeline::Params pipe_params;
+  pipe_params.transaction_bytes = Traits::kTmaBytesKV;
+  pipe_params.role = warp_group == 0 ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
+  pipe_params.is_leader = threadIdx.x == 0;
+  pipe_params.num_consumers = Traits::kNumMmaThreads;
+  Pipeline pipeline_k(shared.pipeline_k, pipe_params, Shape<_1, _1, _1>{});
+  Pipeline pipeline_v(shared.pipeline_v, pipe_params, Shape<_1, _1, _1>{});
+  __syncthreads();  // barrier inits visible to every role
+
+  WorkTile const work = BlockTileScheduler::get(params.num_heads);
+  int32_t const* bits = params.compute_bits == nullptr
+      ? nullptr
+      : params.compute_bits + ((int64_t(work.batch) * params.num_heads + work.head) * params.num_q_tiles + work.m_block) *
+                                  params.num_words;
+  KeptTileIterator tiles(bits, params.num_k_tiles, params.reverse);
+  int const num_kept = tiles.count();
+
+  if (warp_group == 0) {
+    cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
+    if (threadIdx.x == 0) {
+      producer_load<Traits>(params, shared, work, pipeline_k, pipeline_v, tiles, num_kept);
+    }
+  } else {
+    cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
+    int const thread_idx = threadIdx.x - 128;
+    typename Traits::TiledMmaPV mma_pv;
+    Tensor tOrO = partition_fragment_C(mma_pv, select<0, 1>(typename Traits::TileShapePV{}));  // (MMA, MMA_M, MMA_N)
+    clear(tOrO);
+    OnlineSoftmax softmax(params.scale_log2);
+    if (num_kept > 0) {
+      consumer_mainloop<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO, softmax);
+    }
+    epilogue_store<Traits>(params, work, thread_idx, tOrO, softmax);
+  }
+}
+
+}  // namespace liteattn

@@ -1,0 +1,98 @@
+// Compile-time geometry of one kernel instantiation: tile shapes, the two tiled wgmma's,
+// shared-memory layouts, TMA descriptor types and the shared-storage struct.
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cute/atom/mma_atom.hpp>
+#include <cute/atom/copy_traits_sm90_tma.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/arch/reg_reconfig.h>
+#include <cutlass/numeric_types.h>
+#include <cutlass/numeric_conversion.h>
+#include <cutlass/pipeline/pipeline.hpp>
+
+namespace liteattn {
+
+using namespace cute;
+
+template <int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_, class Element_>
+struct KernelTraits {
+  using Element = Element_;
+  using ElementAccum = float;
+
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockM = kBlockM_;
+  static constexpr int kBlockN = kBlockN_;
+  static constexpr int kStages = kStages_;
+  // One consumer warpgroup per 64 query rows (a wgmma is 64 rows tall), plus one producer warpgroup.
+  static constexpr int kNumMmaWarpgroups = kBlockM / 64;
+  static constexpr int kNumMmaThreads = kNumMmaWarpgroups * 128;
+  static constexpr int kNumThreads = kNumMmaThreads + 128;
+  // Register split: the producer needs almost none, the consumers hold S (BN/2 fp32) and O (D/2 fp32) each.
+  static constexpr int kProducerRegs = 24;
+  static constexpr int kConsumerRegs = kNumMmaWarpgroups == 2 ? 240 : 160;
+
+  static_assert(kHeadDim % 64 == 0, "head dim must be a multiple of 64 (128-byte swizzle rows)");
+  static_assert(kBlockM % 64 == 0 && kBlockN % 16 == 0);
+
+  using TileShapeMNK = Shape<Int<kBlockM>, Int<kBlockN>, Int<kHeadDim>>;   // (BM, BN, D) for S = Q K^T
+  using TileShapePV = Shape<Int<kBlockM>, Int<kHeadDim>, Int<kBlockN>>;    // (BM, D, BN) for O = P V
+  using AtomLayoutMNK = Layout<Shape<Int<kNumMmaWarpgroups>, _1, _1>>;
+
+  // S = Q K^T: both operands in smem, K-major (head dim contiguous).
+  using TiledMmaQK = decltype(make_tiled_mma(
+      SM90::GMMA::ss_op_selector<Element, Element, ElementAccum, TileShapeMNK>(), AtomLayoutMNK{}));
+  // O += P V: P from registers (the softmax output never touches smem), V^T from smem, MN-major.
+  using TiledMmaPV = decltype(make_tiled_mma(
+      SM90::GMMA::rs_op_selector<Element, Element, ElementAccum, TileShapePV, GMMA::Major::K,
+                                 GMMA::Major::MN>(),
+      AtomLayoutMNK{}));
+
+  // 128-byte swizzle: TMA writes 64-element rows, wgmma reads them conflict-free.
+  using SmemLayoutAtom = GMMA::Layout_K_SW128_Atom<Element>;
+  using SmemLayoutQ = decltype(tile_to_shape(SmemLayoutAtom{}, Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+  using SmemLayoutK = decltype(tile_to_shape(SmemLayoutAtom{},
+                                             Shape<Int<kBlockN>, Int<kHeadDim>, Int<kStages>>{}));
+  using SmemLayoutV = SmemLayoutK;
+  // V^T view of the same bytes: (D, BN, stage) -> V's (BN, D, stage) offset.
+  using SmemLayoutVt = decltype(composition(
+      SmemLayoutV{},
+      make_ordered_layout(Shape<Int<kHeadDim>, Int<kBlockN>, Int<kStages>>{}, Step<_2, _1, _3>{})));
+
+  // Global tensors as TMA sees them: (seq, d, head, batch), head dim contiguous.
+  using ShapeQKV = cute::Shape<int32_t, int32_t, int32_t, int32_t>;
+  using StrideQKV = cute::Stride<int64_t, _1, int64_t, int64_t>;
+
+  using TmaQ = decltype(make_tma_copy(
+      SM90_TMA_LOAD{},
+      make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), ShapeQKV{}, StrideQKV{}),
+      SmemLayoutQ{}, select<0, 2>(TileShapeMNK{}), _1{}));
+  using TmaKV = decltype(make_tma_copy(
+      SM90_TMA_LOAD{},
+      make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), ShapeQKV{}, StrideQKV{}),
+      take<0, 2>(SmemLayoutK{}), select<1, 2>(TileShapeMNK{}), _1{}));
+
+  using Pipeline = cutlass::PipelineTmaAsync<kStages>;
+  using PipelineState = typename cutlass::PipelineState<kStages>;
+
+  static constexpr uint32_t kTmaBytesQ = cosize_v<SmemLayoutQ> * sizeof(Element);
+  static constexpr uint32_t kTmaBytesKV = size(take<0, 2>(SmemLayoutK{})) * sizeof(Element);
+
+  struct SharedStorage {
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutQ>> smem_q;
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutK>> smem_k;
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutV>> smem_v;
+    alignas(16) cutlass::arch::ClusterTransactionBarrier barrier_q;
+    typename Pipeline::SharedStorage pipeline_k;
+    typename Pipeline::SharedStorage pipeline_v;
+  };
+  static constexpr int kSmemBytes = sizeof(SharedStorage);
+};
+
+// Stages per head dim: as many K/V stages as fit next to the Q tile in 227 KB.
+template <int kHeadDim> struct DefaultGeometry;
+template <> struct DefaultGeometry<64> { static constexpr int kBlockM = 128, kBlockN = 128, kStages = 4; };
+template <> struct DefaultGeometry<128> { static constexpr int kBlockM = 128, kBlockN = 128, kStages = 2; };
+template <> struct DefaultGeometry<256> { static constexpr int kBlockM = 128, kBlockN = 64, kStages = 2; };
+
+}  // namespace liteattn

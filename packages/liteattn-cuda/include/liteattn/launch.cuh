@@ -1,0 +1,54 @@
+// Host side of one instantiation: builds the TMA descriptors and launches the kernel.
+#pragma once
+
+#include <cuda_runtime.h>
+#include "api.h"
+#include "kernel_sm90.cuh"
+
+namespace liteattn {
+
+template <class Element, int kHeadDim>
+int run_fwd_hdim(FwdArgs const& args, cudaStream_t stream) {
+  using Geometry = DefaultGeometry<kHeadDim>;
+  using Traits = KernelTraits<kHeadDim, Geometry::kBlockM, Geometry::kBlockN, Geometry::kStages, Element>;
+  if (args.block_m != Traits::kBlockM || args.block_n != Traits::kBlockN) return -1;
+
+  using ShapeQKV = typename Traits::ShapeQKV;
+  using StrideQKV = typename Traits::StrideQKV;
+  ShapeQKV shape_q{args.seqlen_q, kHeadDim, args.num_heads, args.batch};
+  ShapeQKV shape_k{args.seqlen_k, kHeadDim, args.num_heads_kv, args.batch};
+  auto stride_of = [](int64_t const* s) { return StrideQKV{s[1], _1{}, s[2], s[0]}; };
+  Tensor mQ = make_tensor(make_gmem_ptr(static_cast<Element const*>(args.q)), shape_q, stride_of(args.q_stride));
+  Tensor mK = make_tensor(make_gmem_ptr(static_cast<Element const*>(args.k)), shape_k, stride_of(args.k_stride));
+  Tensor mV = make_tensor(make_gmem_ptr(static_cast<Element const*>(args.v)), shape_k, stride_of(args.v_stride));
+
+  KernelParams<Traits> params{
+      shape_q,
+      shape_k,
+      make_tma_copy(SM90_TMA_LOAD{}, mQ, typename Traits::SmemLayoutQ{}, select<0, 2>(typename Traits::TileShapeMNK{}), _1{}),
+      make_tma_copy(SM90_TMA_LOAD{}, mK, take<0, 2>(typename Traits::SmemLayoutK{}), select<1, 2>(typename Traits::TileShapeMNK{}), _1{}),
+      make_tma_copy(SM90_TMA_LOAD{}, mV, take<0, 2>(typename Traits::SmemLayoutV{}), select<1, 2>(typename Traits::TileShapeMNK{}), _1{}),
+      args.out,
+      args.out_stride[0], args.out_stride[1], args.out_stride[2],
+      args.lse,
+      args.compute_bits,
+      args.seqlen_q, args.seqlen_k, args.num_heads, args.num_heads / args.num_heads_kv,
+      (args.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM,
+      (args.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN,
+      ((args.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN + 31) / 32,
+      args.scale,
+      args.scale * 1.44269504088896340736f,  // log2(e)
+      args.reverse,
+  };
+
+  auto kernel = &fwd_kernel_sm90<Traits>;
+  constexpr int smem = Traits::kSmemBytes;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err != cudaSuccess) return int(err);
+  dim3 grid(params.num_q_tiles, args.num_heads, args.batch);
+  if (grid.x == 0 || grid.z == 0 || grid.y == 0) return 0;
+  kernel<<<grid, Traits::kNumThreads, smem, stream>>>(params);
+  return int(cudaGetLastError());
+}
+
+}  // namespace liteattn

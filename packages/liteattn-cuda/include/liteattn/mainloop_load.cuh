@@ -1,0 +1,51 @@
+// Producer: one thread of the producer warpgroup walks the keep bitmask and TMA-loads Q once, then the
+// K and V tiles of every kept key tile, into a ring of kStages smem stages.
+#pragma once
+
+#include "kernel_traits.cuh"
+#include "tile_scheduler.cuh"
+
+namespace liteattn {
+
+template <class Traits, class Params>
+CUTE_DEVICE void producer_load(Params const& params, typename Traits::SharedStorage& shared, WorkTile const& work,
+                               typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
+                               KeptTileIterator tiles, int num_kept) {
+  using Element = typename Traits::Element;
+  Tensor sQ = make_tensor(make_smem_ptr(shared.smem_q.data()), typename Traits::SmemLayoutQ{});  // (BM, D)
+  Tensor sK = make_tensor(make_smem_ptr(shared.smem_k.data()), typename Traits::SmemLayoutK{});  // (BN, D, stage)
+  Tensor sV = make_tensor(make_smem_ptr(shared.smem_v.data()), typename Traits::SmemLayoutV{});  // (BN, D, stage)
+
+  int const head_kv = work.head / params.head_ratio;
+  Tensor mQ = params.tma_q.get_tma_tensor(params.shape_q);                       // (Sq, D, H, B)
+  Tensor mK = params.tma_k.get_tma_tensor(params.shape_k);                       // (Sk, D, Hkv, B)
+  Tensor mV = params.tma_v.get_tma_tensor(params.shape_k);                       // (Sk, D, Hkv, B)
+  auto tile_q = select<0, 2>(typename Traits::TileShapeMNK{});
+  auto tile_kv = select<1, 2>(typename Traits::TileShapeMNK{});
+  Tensor gQ = local_tile(mQ(_, _, work.head, work.batch), tile_q, make_coord(work.m_block, _0{}));  // (BM, D)
+  Tensor gK = local_tile(mK(_, _, head_kv, work.batch), tile_kv, make_coord(_, _0{}));           // (BN, D, KT)
+  Tensor gV = local_tile(mV(_, _, head_kv, work.batch), tile_kv, make_coord(_, _0{}));           // (BN, D, KT)
+
+  auto [tQgQ, tQsQ] = tma_partition(params.tma_q, _0{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
+  auto [tKgK, tKsK] = tma_partition(params.tma_k, _0{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
+  auto [tVgV, tVsV] = tma_partition(params.tma_v, _0{}, Layout<_1>{}, group_modes<0, 2>(sV), group_modes<0, 2>(gV));
+
+  if (num_kept == 0) return;  // consumers write zeros / -inf without waiting on anything
+
+  // Q: consumers wait on barrier_q (phase 0) before their first wgmma.
+  shared.barrier_q.arrive_and_expect_tx(Traits::kTmaBytesQ);
+  copy(params.tma_q.with(reinterpret_cast<uint64_t&>(shared.barrier_q), 0), tQgQ, tQsQ);
+
+  // K/V ring: producer_acquire waits until both consumer warpgroups released the stage (empty barrier),
+  // then arms the full barrier with the stage's byte count; consumers wait on the full barrier.
+  auto state = cutlass::make_producer_start_state<typename Traits::Pipeline>();
+  for (int n = tiles.next(); n >= 0; n = tiles.next()) {
+    pipeline_k.producer_acquire(state);
+    copy(params.tma_k.with(*pipeline_k.producer_get_barrier(state), 0), tKgK(_, n), tKsK(_, state.index()));
+    pipeline_v.producer_acquire(state);
+    copy(params.tma_v.with(*pipeline_v.producer_get_barrier(state), 0), tVgV(_, n), tVsV(_, state.index()));
+    ++state;
+  }
+}
+
+}  // namespace liteattn

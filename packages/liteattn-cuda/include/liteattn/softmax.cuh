@@ -1,0 +1,75 @@
+// Online softmax over the wgmma accumulator fragment, in base 2.
+//
+// A 64xN wgmma accumulator gives each thread values ((2 cols, 2 rows, N/8 col-blocks)): flat index i holds
+// row (i/2)%2 (0: lane/4, 1: lane/4 + 8 within the warp's 16 rows) and column 2*(lane%4) + i%2 + 8*(i/4).
+// The 4 threads of a quad share a row, so row reductions are 2 xor-shuffles.
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cmath>
+
+namespace liteattn {
+
+using namespace cute;
+
+CUTE_DEVICE int acc_row(int i) { return (i >> 1) & 1; }
+CUTE_DEVICE int acc_col(int i, int lane) { return 2 * (lane & 3) + (i & 1) + 8 * (i >> 2); }
+
+CUTE_DEVICE float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+CUTE_DEVICE float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+struct OnlineSoftmax {
+  float row_max[2];  // running max of the raw scores q.k (unscaled)
+  float row_sum[2];  // this thread's partial sum of exp2; reduced over the quad once, at the end
+  float scale_log2;  // softmax scale * log2(e)
+
+  CUTE_DEVICE explicit OnlineSoftmax(float scale_log2_) : scale_log2(scale_log2_) {
+    row_max[0] = row_max[1] = -INFINITY;
+    row_sum[0] = row_sum[1] = 0.f;
+  }
+
+  // Turns raw scores into unnormalised probabilities in place; returns the factor that rescales
+  // each row's accumulator (exp2 of the max shift).
+  template <class TensorS>
+  CUTE_DEVICE void step(TensorS& tSrS, float (&correction)[2]) {
+    constexpr int N = decltype(size(tSrS))::value;
+    float new_max[2] = {row_max[0], row_max[1]};
+    CUTE_UNROLL
+    for (int i = 0; i < N; ++i) new_max[acc_row(i)] = fmaxf(new_max[acc_row(i)], tSrS(i));
+    CUTE_UNROLL
+    for (int r = 0; r < 2; ++r) {
+      new_max[r] = quad_max(new_max[r]);
+      // Every kept key tile has at least one valid key, so new_max is finite after the first tile.
+      correction[r] = exp2f((row_max[r] - new_max[r]) * scale_log2);
+      row_max[r] = new_max[r];
+      row_sum[r] *= correction[r];
+    }
+    float const max_scaled[2] = {new_max[0] * scale_log2, new_max[1] * scale_log2};
+    CUTE_UNROLL
+    for (int i = 0; i < N; ++i) {
+      // One FFMA + MUFU.EX2 per score; masked scores are -inf and give 0.
+      float p = exp2f(fmaf(tSrS(i), scale_log2, -max_scaled[acc_row(i)]));
+      tSrS(i) = p;
+      row_sum[acc_row(i)] += p;
+    }
+  }
+
+  // Final per-row 1/sum and natural-log LSE; a row that saw no key gets scale 0 and lse -inf.
+  CUTE_DEVICE void finalize(float scale, float (&inv_sum)[2], float (&lse)[2]) {
+    CUTE_UNROLL
+    for (int r = 0; r < 2; ++r) {
+      float s = quad_sum(row_sum[r]);
+      bool empty = !(s > 0.f);
+      inv_sum[r] = empty ? 0.f : 1.f / s;
+      lse[r] = empty ? -INFINITY : row_max[r] * scale + logf(s);
+    }
+  }
+};
+
+}  // namespace liteattn

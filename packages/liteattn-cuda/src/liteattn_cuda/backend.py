@@ -1,0 +1,76 @@
+"""``CudaBackend``: the Backend protocol (``liteattn.backend``) over the sm_90a kernel."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from liteattn.backend import AttentionCall, Capabilities
+from liteattn.tiles import default_tile_shape
+
+from . import _ops
+
+HEAD_DIMS = frozenset({64, 128, 256})
+DTYPES = frozenset({torch.float16, torch.bfloat16})
+
+
+class CudaBackend:
+    """Warp-specialised wgmma + TMA forward on Hopper; computes only the key tiles ``compute_bits`` keeps.
+
+    Part 1 of the engine: it does not run the skip test, so it declares ``writes_state=False`` and refuses
+    calls that ask for ``write_bits``.
+    """
+
+    name = "cuda"
+    priority = 30
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(devices=frozenset({"cuda"}), dtypes=DTYPES, head_dims=HEAD_DIMS, int8=False,
+                            writes_state=False)
+
+    def unavailable_reason(self) -> str | None:
+        if not torch.cuda.is_available():
+            return "no CUDA device"
+        major, minor = torch.cuda.get_device_capability()
+        if (major, minor) != (9, 0):
+            return f"needs sm_90 (Hopper), found sm_{major}{minor}"
+        return _ops.load()
+
+    def unsupported_reason(self, call: AttentionCall) -> str | None:
+        q, k, v = call.q, call.k, call.v
+        if call.use_int8:
+            return "int8 Q/K is not implemented in the cuda backend"
+        if call.write_bits is not None:
+            return "the cuda backend does not run the skip test (write_bits must be None)"
+        if q.device.type != "cuda" or k.device != q.device or v.device != q.device:
+            return "q, k, v must be on one CUDA device"
+        if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+            return f"dtype {q.dtype} (q), {k.dtype} (k), {v.dtype} (v): need one of float16/bfloat16 for all"
+        if q.shape[-1] not in HEAD_DIMS:
+            return f"head dim {q.shape[-1]} not in {sorted(HEAD_DIMS)}"
+        if v.shape[-1] != q.shape[-1]:
+            return f"v head dim {v.shape[-1]} != q head dim {q.shape[-1]}"
+        if (call.block_m, call.block_n) != default_tile_shape(q.shape[-1]):
+            return (f"tile shape ({call.block_m}, {call.block_n}) unsupported: the kernel is compiled for "
+                    f"{default_tile_shape(q.shape[-1])} at head dim {q.shape[-1]}")
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            if t.stride(-1) != 1:
+                return f"{name} must have a contiguous last dim"
+            if t.data_ptr() % 16 or any(s % 8 for s, n in zip(t.stride()[:3], t.shape[:3]) if n > 1):
+                return f"{name} must be 16-byte aligned with strides that are multiples of 8 elements (TMA)"
+        return None
+
+    def forward(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
+        q, k, v = call.q, call.k, call.v
+        batch, q_len, heads, _ = q.shape
+        out = torch.empty(batch, q_len, heads, v.shape[-1], dtype=q.dtype, device=q.device)
+        lse = torch.empty(batch, heads, q_len, dtype=torch.float32, device=q.device)
+        if out.numel() == 0 or k.shape[1] == 0:  # nothing to launch: every row is empty
+            out.zero_()
+            lse.fill_(-math.inf)
+            return out, lse
+        bits = call.compute_bits
+        if bits is not None:
+            bits = bits.to(device=q.device, dtype=torch.int32).contiguous()
+        _ops.fwd(q, k, v, out, lse, bits, call.scale, call.block_m, call.block_n, call.reverse)
+        return out, lse
