@@ -12,5 +12,6 @@ def _seed_and_env(monkeypatch):
 def sdpa(q, k, v, scale=None):
     """torch's attention on BSHD tensors (GQA through repeated heads), in float64."""
     groups = q.shape[2] // k.shape[2]
-    qh, kh, vh = (x.double().transpose(1, 2) for x in (q, k.repeat_interleave(groups, 2), v.repeat_interleave(groups, 2)))
+    k, v = k.repeat_interleave(groups, 2), v.repeat_interleave(groups, 2)
+    qh, kh, vh = (x.double().transpose(1, 2) for x in (q, k, v))
     return torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, scale=scale).transpose(1, 2)

@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
-from conftest import sdpa
 
 import liteattn
+from conftest import sdpa
 from liteattn.testing import assert_lse_close, rel_error
 
 

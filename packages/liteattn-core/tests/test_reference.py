@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
-from conftest import sdpa
 
 import liteattn
+from conftest import sdpa
 from liteattn.backend import AttentionCall
 from liteattn.reference import LOG2E, masked_attention, reference_forward
 from liteattn.skip_state import pack_keep_mask, unpack_keep_mask

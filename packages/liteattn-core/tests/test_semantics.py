@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
-from conftest import sdpa
 
 import liteattn
+from conftest import sdpa
 from liteattn.testing import rel_error, video_qkv
 
 

@@ -47,7 +47,8 @@ def assert_parity(name: str, out: torch.Tensor, low_precision_ref: torch.Tensor,
 def assert_lse_close(lse: torch.Tensor, ref: torch.Tensor, atol: float = 1e-3) -> None:
     """LSE agrees where finite, and is -inf exactly where the reference is."""
     ref_empty, got_empty = ref == -math.inf, lse == -math.inf
-    assert torch.equal(ref_empty, got_empty), f"lse: -inf at {int(got_empty.sum())} rows, expected {int(ref_empty.sum())}"
+    assert torch.equal(ref_empty, got_empty), (f"lse: -inf at {int(got_empty.sum())} rows, "
+                                               f"expected {int(ref_empty.sum())}")
     assert not torch.isnan(lse).any(), "lse: NaN"
     err = (lse[~ref_empty].double() - ref[~ref_empty].double()).abs().max().item() if (~ref_empty).any() else 0.0
     assert err <= atol, f"lse: max error {err:.3e} > {atol:g}"
