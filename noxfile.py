@@ -72,13 +72,13 @@ def docs(session: nox.Session) -> None:
 @nox.session(venv_backend="none")
 def gpu(session: nox.Session) -> None:
     """On a CUDA machine: build the backends, run the GPU tests and the parity matrix, benchmark; logs and
-    numbers go to bench/results/<date>-<gpu>/."""
+    numbers go to bench/results/<date>-<gpu>/ (or $LITEATTN_RESULTS)."""
     import torch
 
     if not torch.cuda.is_available():
         session.error("the gpu session needs a CUDA device")
     gpu_name = re.sub(r"[^A-Za-z0-9]+", "-", torch.cuda.get_device_name()).strip("-")
-    out = ROOT / "bench" / "results" / f"{datetime.date.today()}-{gpu_name}"
+    out = Path(os.environ.get("LITEATTN_RESULTS") or ROOT / "bench" / "results" / f"{datetime.date.today()}-{gpu_name}")
     out.mkdir(parents=True, exist_ok=True)
     _install_packages(session, offline=os.environ.get("LITEATTN_OFFLINE") == "1")
     for name in _present(session):
