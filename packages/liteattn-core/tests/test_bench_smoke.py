@@ -1,0 +1,104 @@
+"""CPU smoke test of ``liteattn.bench``: tiny shapes, the reference backend and SDPA's math path."""
+
+import json
+import math
+import warnings
+
+import pytest
+import torch
+
+from liteattn.bench import BenchConfig, main, parse_shape, run
+from liteattn.bench.engines import LiteEngine
+from liteattn.bench.masks import flex_block_mask, keep_mask, mask_sparsity, video_dims
+
+TINY = dict(device="cpu", warmup_ms=1.0, rep_ms=2.0, progress=False, dtype="fp32")
+
+
+def _masked_attention(q, k, v, keep, block_m, block_n):
+    seq = q.shape[1]
+    token = keep.repeat_interleave(block_m, 2)[:, :, :seq].repeat_interleave(block_n, 3)[..., : k.shape[1]]
+    scores = torch.einsum("bqhd,bkhd->bhqk", q.double(), k.double()) / math.sqrt(q.shape[-1])
+    probs = torch.softmax(scores.masked_fill(~token, -math.inf), -1)
+    return torch.einsum("bhqk,bkhd->bqhd", probs, v.double())
+
+
+def test_cli_writes_json_markdown_and_plot(tmp_path, capsys):
+    out = tmp_path / "results"
+    code = main(["--engines", "reference,reference+test,math,fa3,flex,nonexistent", "--shapes", "1x2x300x32",
+                 "--sparsities", "0,0.5", "--masks", "random,video", "--device", "cpu", "--dtype", "fp32",
+                 "--warmup", "1", "--rep", "2", "--no-progress", "--out", str(out)])
+    assert code == 0
+    payload = json.loads((out / "results.json").read_text())
+    env = payload["environment"]
+    for key in ("date", "torch", "triton", "cuda", "gpu", "timer"):
+        assert key in env
+    assert set(payload["skipped_engines"]) == {"fa3", "flex", "nonexistent"}
+    rows = payload["results"]
+    ok = {(r["engine"], r["mask"]) for r in rows if r["status"] == "ok"}
+    assert ok == {("reference", "dense"), ("reference+test", "dense"), ("math", "dense"),
+                  ("reference", "random"), ("reference+test", "random"), ("reference", "video"),
+                  ("reference+test", "video")}
+    for r in rows:
+        assert r["time_ms"] > 0 and r["tflops"] > 0
+        assert r["rel_err"] < 1e-5, r  # every output checked against fp32 masked attention
+        if r["mask"] != "dense":
+            assert r["sparsity"] > 0 and r["vs_ideal"] is not None
+    markdown = (out / "results.md").read_text()
+    assert "| reference | random |" in markdown and "nonexistent" in markdown
+    assert (out / "time_vs_sparsity.png").stat().st_size > 0
+    assert "| math | dense |" in capsys.readouterr().out
+
+
+def test_engine_failure_is_reported_and_skipped(monkeypatch):
+    def broken(self, problem):
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setattr(LiteEngine, "prepare", broken)
+    payload = run(BenchConfig(engines=["reference", "math"], shapes=[parse_shape("2x64x16")], sparsities=[0.0],
+                              **TINY))
+    status = {r["engine"]: (r["status"], r["reason"]) for r in payload["results"]}
+    assert status["reference"] == ("failed", "RuntimeError: kernel exploded")
+    assert status["math"][0] == "ok"
+
+
+@pytest.mark.parametrize("kind", ["random", "video"])
+@pytest.mark.parametrize("seq, sparsity", [(300, 0.5), (1000, 0.75), (1000, 0.9)])
+def test_keep_masks_have_the_requested_sparsity(kind, seq, sparsity):
+    mask = keep_mask(kind, 1, 3, seq, seq, 32, sparsity, block_m=64, block_n=64)
+    q_tiles, k_tiles = mask.shape[-2:]
+    assert mask.shape == (1, 3, -(-seq // 64), -(-seq // 64))
+    keep = max(1, round((1 - sparsity) * k_tiles))
+    counts = mask.sum(-1)
+    if kind == "video":
+        assert (counts == keep).all()
+    else:  # random_keep_mask may keep one extra tile where it swapped the diagonal in
+        assert ((counts == keep) | (counts == keep + 1)).all()
+    assert mask[..., torch.arange(q_tiles), torch.arange(q_tiles) * k_tiles // q_tiles].all()  # diagonal kept
+    assert mask_sparsity(mask) == pytest.approx(1 - counts.float().mean().item() / k_tiles)
+
+
+def test_video_dims_factorise_the_sequence():
+    for seq in (32760, 75600, 32768, 300, 1000, 97):
+        frames, height, width = video_dims(seq)
+        assert frames * height * width == seq
+
+
+def test_flex_block_mask_matches_the_keep_mask():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    q, k, v = (torch.randn(1, 300, 2, 32) for _ in range(3))
+    keep = keep_mask("random", 1, 2, 300, 300, 32, 0.5, block_m=64, block_n=64)
+    block_mask = flex_block_mask(keep, 300, 300, 64, 64, with_mask_mod=True)
+    assert torch.equal(block_mask.to_dense().bool(), keep)
+    assert torch.equal(flex_block_mask(keep, 300, 300, 64, 64).to_dense().bool(), keep)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # eager Flex warns that it is not compiled
+        out = flex_attention(*(x.transpose(1, 2) for x in (q, k, v)), block_mask=block_mask).transpose(1, 2)
+    torch.testing.assert_close(out.double(), _masked_attention(q, k, v, keep, 64, 64), atol=1e-5, rtol=1e-5)
+
+
+def test_parse_shape():
+    assert str(parse_shape("1x12x32760x128")) == "1x12x32760x128"
+    assert parse_shape("24x32768x64").batch == 1
+    with pytest.raises(ValueError):
+        parse_shape("12x128")
