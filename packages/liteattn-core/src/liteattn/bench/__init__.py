@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 
-def run(config: BenchConfig, out: str | Path | None = None) -> dict:
+def run(config: BenchConfig, out: str | Path | None = None, argv: list[str] | None = None) -> dict:
     """Run a sweep; write JSON / markdown / plot into ``out`` when given. Returns the JSON payload
     (``environment``, ``config``, ``skipped_engines``, ``results``) plus ``paths`` when written."""
     rows, skipped = run_sweep(config)
@@ -59,6 +59,8 @@ def run(config: BenchConfig, out: str | Path | None = None) -> dict:
     config_dict = dataclasses.asdict(config)
     config_dict["shapes"] = [str(s) for s in config.shapes]
     config_dict["device"] = str(device)
+    if argv is not None:
+        config_dict["command"] = "liteattn bench " + " ".join(argv)
     payload = {"environment": env, "config": config_dict, "skipped_engines": skipped, "results": rows}
     if out is not None:
         payload["paths"] = {k: str(v) for k, v in write_results(Path(out), rows, env, skipped, config_dict).items()}
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
     except ValueError as error:
         parser.error(str(error))
-    payload = run(config, args.out)
+    payload = run(config, args.out, argv=list(sys.argv[1:] if argv is None else argv))
     print(markdown(payload["results"], payload["environment"], payload["skipped_engines"], payload["config"]))
     for kind, path in payload.get("paths", {}).items():
         print(f"wrote {kind}: {path}", file=sys.stderr)
