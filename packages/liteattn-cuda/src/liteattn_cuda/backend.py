@@ -42,8 +42,6 @@ class CudaBackend:
             return "int8 Q/K is not implemented in the cuda backend"
         if call.write_bits is not None:
             return "the cuda backend does not run the skip test (write_bits must be None)"
-        if q.device.type != "cuda" or k.device != q.device or v.device != q.device:
-            return "q, k, v must be on one CUDA device"
         if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
             return f"dtype {q.dtype} (q), {k.dtype} (k), {v.dtype} (v): need one of float16/bfloat16 for all"
         if q.shape[-1] not in HEAD_DIMS:
@@ -53,6 +51,8 @@ class CudaBackend:
         if (call.block_m, call.block_n) != default_tile_shape(q.shape[-1]):
             return (f"tile shape ({call.block_m}, {call.block_n}) unsupported: the kernel is compiled for "
                     f"{default_tile_shape(q.shape[-1])} at head dim {q.shape[-1]}")
+        if q.device.type != "cuda" or k.device != q.device or v.device != q.device:
+            return "q, k, v must be on one CUDA device"
         for name, t in (("q", q), ("k", k), ("v", v)):
             if t.stride(-1) != 1:
                 return f"{name} must have a contiguous last dim"

@@ -1,0 +1,71 @@
+"""CPU tests: capabilities, reasons, argument checks and library discovery (no GPU needed)."""
+
+import math
+from importlib.metadata import entry_points
+
+import pytest
+import torch
+from liteattn.backend import AttentionCall
+
+import liteattn_cuda
+from liteattn_cuda import CudaBackend, _ops
+
+
+def make_call(D=128, dtype=torch.bfloat16, block=None, Dv=None, **kw):
+    q = torch.randn(1, 130, 4, D, dtype=dtype)
+    k = torch.randn(1, 200, 2, D, dtype=dtype)
+    v = torch.randn(1, 200, 2, Dv or D, dtype=dtype)
+    bm, bn = block or (128, 64 if D > 128 else 128)
+    th = torch.zeros(4)
+    return AttentionCall(q, k, v, 1 / math.sqrt(D), th, bm, bn, **kw)
+
+
+def test_registered_entry_point():
+    eps = {e.name: e for e in entry_points(group="liteattn.backends")}
+    assert eps["cuda"].value == "liteattn_cuda:CudaBackend"
+    backend = eps["cuda"].load()()
+    assert backend.name == "cuda" and backend.priority == 30
+
+
+def test_capabilities():
+    caps = CudaBackend().capabilities()
+    assert caps.devices == frozenset({"cuda"})
+    assert caps.dtypes == frozenset({torch.float16, torch.bfloat16})
+    assert caps.head_dims == frozenset({64, 128, 256})
+    assert caps.int8 is False
+    assert caps.writes_state is False  # no in-kernel skip test yet
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only answer")
+def test_unavailable_without_cuda():
+    assert CudaBackend().unavailable_reason() == "no CUDA device"
+    assert liteattn_cuda.unavailable_reason() == "no CUDA device"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"use_int8": True}, "int8"),
+        ({"write_bits": torch.zeros(1, 4, 2, 1, dtype=torch.int32)}, "write_bits"),
+        ({"dtype": torch.float32}, "dtype"),
+        ({"D": 96}, "head dim 96"),
+        ({"D": 128, "Dv": 64}, "v head dim"),
+        ({"D": 128, "block": (128, 64)}, "tile shape"),
+        ({"D": 256, "block": (128, 128)}, "tile shape"),
+        ({"D": 64}, "CUDA device"),  # everything else fine: only the device is wrong on CPU
+    ],
+)
+def test_unsupported_reasons(kwargs, needle):
+    reason = CudaBackend().unsupported_reason(make_call(**kwargs))
+    assert reason is not None and needle in reason, reason
+
+
+def test_missing_library_reported(monkeypatch, tmp_path):
+    monkeypatch.setenv("LITEATTN_CUDA_LIB", str(tmp_path / "nope.so"))
+    monkeypatch.setattr(_ops, "_loaded", None)
+    reason = _ops.load()
+    assert reason is not None and "not built" in reason
+    call = make_call()
+    with pytest.raises(RuntimeError, match="not built"):
+        _ops.fwd(call.q, call.k, call.v, torch.empty_like(call.q), torch.empty(1, 4, 130), None, 1.0, 128, 128, False)
+    monkeypatch.setattr(_ops, "_loaded", None)
