@@ -1,0 +1,84 @@
+"""What a calibration aims for (:class:`CalibConfig`) and what one (module, step) runs with (:data:`StepEntry`)."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["CALIBRATE", "DISABLED", "CalibConfig", "StepEntry", "entry_label", "normalize_entry"]
+
+DISABLED = "disabled"  # dense, through the same kernels, the skip state untouched
+CALIBRATE = "calibrate"  # bisect the threshold at this (module, step); never stored in a file
+
+# One (module, step): dense, one threshold for all heads, or one threshold per head (log2 units, <= 0).
+StepEntry = Union[Literal["disabled"], float, tuple[float, ...]]
+
+
+class CalibConfig(BaseModel):
+    """Settings of a calibration run.
+
+    The threshold of each (module, step, head) is bisected on ``[lower, upper]`` (log2 units) until the error
+    between A (attention reading the inherited skip state) and B (attention reading the state the candidate
+    threshold writes) lies in ``[(1 - rel_tolerance) * target_error, target_error]``, or after ``max_iters``
+    bisection steps, or once the bracket is narrower than ``resolution`` (the error of a tiled skip test is
+    a step function of the threshold, so the 10% window is often empty and the last halvings only chase the
+    step's edge; ``resolution=0`` turns this stop off). The chosen threshold is the largest one tried whose
+    error is within the target.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target_error: float = Field(0.01, gt=0)
+    metric: Literal["rel_l1", "cosine", "rmse"] = "rel_l1"
+    rel_tolerance: float = Field(0.1, ge=0, lt=1)
+    max_iters: int = Field(30, ge=0)
+    resolution: float = Field(1 / 64, ge=0)
+    lower: float = -20.0
+    upper: float = 0.0
+    num_steps: int | None = Field(None, ge=1, description="Steps of the run, for the progress bar only")
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _bracket(self) -> CalibConfig:
+        if not (math.isfinite(self.lower) and self.lower < self.upper <= 0):
+            raise ValueError(f"need a finite lower < upper <= 0 (log2 units); got [{self.lower}, {self.upper}]")
+        return self
+
+
+def normalize_entry(value, where: str) -> StepEntry:
+    """Turn a user's value (``"disabled"``, a number, or a sequence of numbers) into a :data:`StepEntry`."""
+    if isinstance(value, str):
+        if value != DISABLED:
+            raise ValueError(f"{where}: expected a number, a list of numbers or {DISABLED!r}; got {value!r}")
+        return DISABLED
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return _check_threshold(float(value), where)
+    try:
+        values = tuple(float(_check_number(x, where)) for x in value)
+    except TypeError:
+        raise ValueError(f"{where}: expected a number, a list of numbers or {DISABLED!r}; got {value!r}") from None
+    if not values:
+        raise ValueError(f"{where}: a per-head threshold list cannot be empty")
+    return tuple(_check_threshold(x, where) for x in values)
+
+
+def entry_label(entry: StepEntry) -> str:
+    if entry == DISABLED:
+        return DISABLED
+    if isinstance(entry, tuple):
+        return "[" + ", ".join(f"{x:g}" for x in entry) + "]"
+    return f"{entry:g}"
+
+
+def _check_number(x, where: str):
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise ValueError(f"{where}: per-head thresholds must be numbers; got {x!r}")
+    return x
+
+
+def _check_threshold(x: float, where: str) -> float:
+    if math.isnan(x) or x > 0:
+        raise ValueError(f"{where}: thresholds are log2 units <= 0 (or -inf); got {x}")
+    return x
