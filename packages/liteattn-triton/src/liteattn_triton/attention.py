@@ -25,7 +25,7 @@ import triton
 from liteattn.backend import AttentionCall, Capabilities
 
 from . import configs
-from ._kernels.fwd import _attn_fwd, _compact_keep_list
+from ._kernels.fwd import _attn_fwd, _compact_keep_list, _pack_votes
 from ._kernels.quant import _quantize_k, _quantize_q
 
 __all__ = ["TritonBackend", "triton_forward"]
@@ -124,13 +124,17 @@ def _ensure_allocator() -> None:
 
 
 def triton_forward(call: AttentionCall, *, persistent: bool | None = None, skip_test: bool | None = None,
-                   use_desc: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   use_desc: bool | None = None, defer_vote: bool | None = None, warp_spec: bool | None = None,
+                   idx_mode: int | None = None, num_warps: int | None = None,
+                   num_stages: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Run one call; returns ``(out (B, Sq, H, Dv), lse (B, H, Sq) float32)`` and fills ``call.write_bits``.
 
     ``persistent`` overrides the scheduler choice (default: persistent on a GPU when some tiles are skipped);
     ``skip_test=False`` compiles the skip test out even when ``write_bits`` is given (benchmarks only: the
     bits are then left untouched); ``use_desc`` forces TMA tensor descriptors on or off (default: on for
-    sm_90+ when the layout allows).
+    sm_90+ when the layout allows). ``defer_vote`` keeps skip-test votes per row and ORs them across rows in
+    a small second kernel instead of a cross-warp reduction per tile; ``warp_spec`` asks Triton for a
+    warp-specialised key loop; ``num_warps`` / ``num_stages`` override :mod:`liteattn_triton.configs`.
     """
     q, k, v = call.q, call.k, call.v
     batch, q_len, heads, dim = q.shape
@@ -176,7 +180,7 @@ def triton_forward(call: AttentionCall, *, persistent: bool | None = None, skip_
 
     interp = _interpreting()
     if persistent is None:
-        persistent = (not interp) and device.type == "cuda" and not dense
+        persistent = configs.PERSISTENT_DEFAULT and (not interp) and device.type == "cuda" and not dense
     if persistent:
         order = torch.argsort(work[:rows], descending=True, stable=True).to(torch.int32)
         grid = (min(rows, 2 * _sm_count(device)),)
@@ -190,12 +194,18 @@ def triton_forward(call: AttentionCall, *, persistent: bool | None = None, skip_
     if use_desc and not interp:
         _ensure_allocator()
 
+    if defer_vote is None:
+        defer_vote = configs.DEFER_VOTE_DEFAULT and not interp
+    defer_vote = defer_vote and write
+    votes = (_SCRATCH.get("votes", rows * words * bm, device) if defer_vote
+             else torch.empty(1, dtype=torch.int32, device=device))
+
     cfg = configs.pick_config(dim, bm, bn, call.use_int8)
     upcast = interp and q.dtype == torch.bfloat16
     _attn_fwd[grid](
         q_in, k_in, v, out, lse, thresholds,
         q_scale, k_scale,
-        count, index, wbits_arg,
+        count, index, wbits_arg, votes,
         order,
         q_in.stride(0), q_in.stride(1), q_in.stride(2),
         k_in.stride(0), k_in.stride(1), k_in.stride(2),
@@ -210,8 +220,13 @@ def triton_forward(call: AttentionCall, *, persistent: bool | None = None, skip_
         EVEN_M=q_len % bm == 0, EVEN_N=k_len % bn == 0,
         WRITE_BITS=write, USE_INT8=call.use_int8,
         UPCAST=upcast, DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
-        USE_DESC=use_desc, PERSISTENT=persistent,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        USE_DESC=use_desc, DEFER_VOTE=defer_vote, PERSISTENT=persistent,
+        WARP_SPEC=configs.WARP_SPEC_DEFAULT if warp_spec is None else warp_spec,
+        IDX_MODE=configs.IDX_MODE_DEFAULT if idx_mode is None else idx_mode,
+        num_warps=num_warps or cfg.num_warps, num_stages=num_stages or cfg.num_stages)
+    if defer_vote:
+        _pack_votes[(rows,)](votes, count, index, wbits_arg, k_tiles, words,
+                             BLOCK_M=bm, W_PAD=_next_pow2(words), DENSE=dense, REVERSE=call.reverse, num_warps=4)
     if write and wbits is not call.write_bits:
         call.write_bits.copy_(wbits)
     return out, lse

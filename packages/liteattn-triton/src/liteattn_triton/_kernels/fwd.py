@@ -78,18 +78,20 @@ def _load_kv(
 
 @triton.jit
 def _attn_fwd_inner(
-    acc, l_i, m_i, words,                # running state: (BM, DV), (BM,), (BM,) log2 units, (W_PAD,) bits
+    acc, l_i, m_i, words, row_votes,     # running state: (BM, DV), (BM,), (BM,) log2 units, (W_PAD,), (BM,)
+    t, votes_row,                        # visit position; deferred votes of this query tile (DEFER_VOTE)
     q, q_scale,
     K, V, k_scale_row,
     b, kv_col, kv_col_v,
     stride_ks, stride_vs,
     j, Sk, qk_scale, thr,
-    row_valid, offs_n, offs_d, offs_dv, w_offs,
+    row_valid, offs_m_local, offs_n, offs_d, offs_dv, w_offs,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     EVEN_N: tl.constexpr,        # Sk % BLOCK_N == 0: no padded keys anywhere
     WRITE_BITS: tl.constexpr,    # run the skip test and accumulate the next state
+    DEFER_VOTE: tl.constexpr,    # keep per-row votes, OR them across rows after the kernel (no barrier here)
     USE_INT8: tl.constexpr,
     UPCAST: tl.constexpr,        # do the dots in fp32 (interpreter: bf16 dots are broken there)
     DOT_PREC: tl.constexpr,      # input_precision of fp32 dots
@@ -115,8 +117,15 @@ def _attn_fwd_inner(
     # -- skip test: a valid row needs the tile iff m_tile - m_run > threshold (m_run = -inf: always) --
     if WRITE_BITS:
         need = ((m_tile - m_i) > thr) & row_valid
-        need_any = tl.max(need.to(tl.int32), 0)
-        words = words | tl.where(w_offs == j // 32, need_any << (j % 32), 0)
+        if DEFER_VOTE:
+            # bit t % 32 of each row's word for the window t // 32 of visited tiles; stored every step so
+            # the loop has no branch (the same 512 bytes are rewritten until the window moves on)
+            slot = t % 32
+            row_votes = tl.where(slot == 0, 0, row_votes) | (need.to(tl.int32) << slot)
+            tl.store(votes_row + (t // 32) * BLOCK_M + offs_m_local, row_votes)
+        else:
+            need_any = tl.max(need.to(tl.int32), 0)
+            words = words | tl.where(w_offs == j // 32, need_any << (j % 32), 0)
     # -- online softmax --
     m_new = tl.maximum(m_i, m_tile)
     p = tl.math.exp2(s - m_new[:, None])
@@ -127,7 +136,7 @@ def _attn_fwd_inner(
         acc = tl.dot(p, v.to(tl.float32), acc, input_precision=DOT_PREC)
     else:
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
-    return acc, l_i, m_new, words
+    return acc, l_i, m_new, words, row_votes
 
 
 @triton.jit
@@ -136,6 +145,7 @@ def _attn_fwd_tile(
     Q, K, V, Out, Lse, Thr,                   # pointers, or (Q, K, V) tensor descriptors when USE_DESC
     QScale, KScale,                           # int8 scales: fp32 (B, H, QT), (B, Hkv, KT)
     Count, Index, WBits,                      # compact keep list (rows,), (rows, KT); next state (rows, W)
+    Votes,                                    # int32 (rows, ceil(KT/32), BM) deferred votes (DEFER_VOTE)
     stride_qb, stride_qs, stride_qh,          # Q (B, Sq, H, D) or its int8 copy
     stride_kb, stride_ks, stride_kh,          # K (B, Sk, Hkv, D) or its int8 copy
     stride_vb, stride_vs, stride_vh,          # V (B, Sk, Hkv, DV)
@@ -150,7 +160,8 @@ def _attn_fwd_tile(
     EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
     WRITE_BITS: tl.constexpr, USE_INT8: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
-    USE_DESC: tl.constexpr,
+    USE_DESC: tl.constexpr, DEFER_VOTE: tl.constexpr, WARP_SPEC: tl.constexpr,
+    IDX_MODE: tl.constexpr,
 ):
     qt = tile_id % QT
     bh = tile_id // QT
@@ -189,26 +200,46 @@ def _attn_fwd_tile(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, DV_PAD], dtype=tl.float32)
     words = tl.zeros([W_PAD], dtype=tl.int32)
+    row_votes = tl.zeros([BLOCK_M], dtype=tl.int32)
+    offs_m_local = tl.arange(0, BLOCK_M)
+    votes_row = Votes + tile_id.to(tl.int64) * (((KT + 31) // 32) * BLOCK_M)
 
     if DENSE:
         count = KT
     else:
         count = tl.load(Count + tile_id)
     idx_row = Index + tile_id.to(tl.int64) * KT
-    for t in range(0, count):
+    # IDX_MODE 2: indices travel through loop-carried registers, loaded 3 visits ahead
+    if IDX_MODE == 2 and not DENSE:
+        j_next = tl.load(idx_row, mask=0 < count, other=0)
+        j1 = tl.load(idx_row + 1, mask=1 < count, other=0)
+        j2 = tl.load(idx_row + 2, mask=2 < count, other=0)
+    else:
+        j_next = 0
+        j1 = 0
+        j2 = 0
+    for t in tl.range(0, count, warp_specialize=WARP_SPEC):
         if DENSE:
             if REVERSE:
                 j = KT - 1 - t
             else:
                 j = t
-        else:
+        elif IDX_MODE == 0:
             j = tl.load(idx_row + t)
-        acc, l_i, m_i, words = _attn_fwd_inner(
-            acc, l_i, m_i, words, q, q_scale, K_base, V_base, k_scale_row,
+        elif IDX_MODE == 1:
+            # a one-element tensor load, which the software pipeliner can prefetch (scalar loads it cannot)
+            j = tl.sum(tl.load(idx_row + t + tl.arange(0, 1)), 0)
+        else:
+            j = j_next
+            j_next = j1
+            j1 = j2
+            j2 = tl.load(idx_row + t + 3, mask=t + 3 < count, other=0)
+        acc, l_i, m_i, words, row_votes = _attn_fwd_inner(
+            acc, l_i, m_i, words, row_votes, t, votes_row, q, q_scale, K_base, V_base, k_scale_row,
             b, hk * HEAD_DIM, hk * HEAD_DIM_V, stride_ks, stride_vs, j, Sk, qk_scale, thr,
-            row_valid, offs_n, offs_d, offs_dv, w_offs,
-            HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD, BLOCK_N, EVEN_N, WRITE_BITS, USE_INT8, UPCAST, DOT_PREC,
-            USE_DESC)
+            row_valid, offs_m_local, offs_n, offs_d, offs_dv, w_offs,
+            HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD, BLOCK_M, BLOCK_N, EVEN_N, WRITE_BITS, DEFER_VOTE,
+            USE_INT8, UPCAST, DOT_PREC, USE_DESC)
 
     # -- epilogue: rows with no computed tile get out = 0, lse = -inf --
     empty = l_i == 0.0
@@ -222,14 +253,15 @@ def _attn_fwd_tile(
         tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_valid[:, None] & (offs_dv[None, :] < HEAD_DIM_V))
     tl.store(Lse + (b * H + h) * Sq + offs_m, lse, mask=row_valid)
     if WRITE_BITS:
-        tl.store(WBits + tile_id * W + w_offs, words, mask=w_offs < W)
+        if not DEFER_VOTE:
+            tl.store(WBits + tile_id * W + w_offs, words, mask=w_offs < W)
 
 
 @triton.jit
 def _attn_fwd(
     Q, K, V, Out, Lse, Thr,
     QScale, KScale,
-    Count, Index, WBits,
+    Count, Index, WBits, Votes,
     Order,                                    # int32 (num_tiles,): tiles by decreasing work (persistent only)
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
@@ -247,6 +279,10 @@ def _attn_fwd(
     WRITE_BITS: tl.constexpr, USE_INT8: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
     USE_DESC: tl.constexpr,                   # TMA tensor descriptors over (B, S, heads * D) views
+    DEFER_VOTE: tl.constexpr,                 # skip-test votes reduced across rows by _pack_votes
+    WARP_SPEC: tl.constexpr,                  # warp-specialised key loop (producer / consumer warps)
+    IDX_MODE: tl.constexpr,                   # how the key loop reads the keep list: 0 scalar load, 1 one-element
+                                              # tensor load, 2 loop-carried registers loaded 3 visits ahead
     PERSISTENT: tl.constexpr,                 # loop over Order with a grid of about one program per SM
 ):
     if USE_DESC:
@@ -266,19 +302,56 @@ def _attn_fwd(
         for work in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
             tile_id = tl.load(Order + work)
             _attn_fwd_tile(
-                tile_id, q_src, k_src, v_src, Out, Lse, Thr, QScale, KScale, Count, Index, WBits,
+                tile_id, q_src, k_src, v_src, Out, Lse, Thr, QScale, KScale, Count, Index, WBits, Votes,
                 stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
                 stride_vb, stride_vs, stride_vh, stride_ob, stride_os, stride_oh,
                 H, GROUP, Sq, Sk, QT, KT, W, qk_scale,
                 HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD, BLOCK_M, BLOCK_N, W_PAD, DENSE, REVERSE,
-                EVEN_M, EVEN_N, WRITE_BITS, USE_INT8, UPCAST, DOT_PREC, USE_DESC)
+                EVEN_M, EVEN_N, WRITE_BITS, USE_INT8, UPCAST, DOT_PREC, USE_DESC, DEFER_VOTE, WARP_SPEC, IDX_MODE)
     else:
         # grid (QT, B * H): consecutive programs share K/V of one head in L2
         tile_id = tl.program_id(1) * QT + tl.program_id(0)
         _attn_fwd_tile(
-            tile_id, q_src, k_src, v_src, Out, Lse, Thr, QScale, KScale, Count, Index, WBits,
+            tile_id, q_src, k_src, v_src, Out, Lse, Thr, QScale, KScale, Count, Index, WBits, Votes,
             stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
             stride_vb, stride_vs, stride_vh, stride_ob, stride_os, stride_oh,
             H, GROUP, Sq, Sk, QT, KT, W, qk_scale,
             HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD, BLOCK_M, BLOCK_N, W_PAD, DENSE, REVERSE,
-            EVEN_M, EVEN_N, WRITE_BITS, USE_INT8, UPCAST, DOT_PREC, USE_DESC)
+            EVEN_M, EVEN_N, WRITE_BITS, USE_INT8, UPCAST, DOT_PREC, USE_DESC, DEFER_VOTE, WARP_SPEC, IDX_MODE)
+
+
+@triton.jit
+def _pack_votes(
+    Votes,                  # int32 (rows, ceil(KT/32), BM): per-row votes by visit window
+    Count, Index,           # compact keep list
+    WBits,                  # int32 (rows, W): next state (output, every word written)
+    KT, W,
+    BLOCK_M: tl.constexpr, W_PAD: tl.constexpr,
+    DENSE: tl.constexpr, REVERSE: tl.constexpr,
+):
+    """OR the deferred votes across the rows of each query tile and scatter them to key-tile bits."""
+    row = tl.program_id(0)
+    if DENSE:
+        count = KT
+    else:
+        count = tl.load(Count + row)
+    slots = tl.arange(0, 32)
+    offs_m = tl.arange(0, BLOCK_M)
+    w_offs = tl.arange(0, W_PAD)
+    words = tl.zeros([W_PAD], dtype=tl.int32)
+    base = Votes + row.to(tl.int64) * (((KT + 31) // 32) * BLOCK_M)
+    for win in range(0, (count + 31) // 32):
+        votes = tl.load(base + win * BLOCK_M + offs_m)                       # (BM,)
+        flags = tl.max((votes[:, None] >> slots[None, :]) & 1, 0)             # (32,) any row voted
+        t = win * 32 + slots
+        live = t < count
+        if DENSE:
+            if REVERSE:
+                j = KT - 1 - t
+            else:
+                j = t
+        else:
+            j = tl.load(Index + row.to(tl.int64) * KT + t, mask=live, other=0)
+        bit = tl.where(live, flags, 0) << (j % 32)                           # distinct bits: sum == OR
+        words += tl.sum(tl.where((j // 32)[:, None] == w_offs[None, :], bit[:, None], 0), 0)
+    tl.store(WBits + row * W + w_offs, words, mask=w_offs < W)
