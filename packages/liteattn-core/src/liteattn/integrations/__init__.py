@@ -1,0 +1,1 @@
+"""Integrations of liteattn with model libraries (each imports its library lazily)."""
