@@ -4,9 +4,10 @@ The error of a threshold grows with the threshold (a higher threshold drops more
 
 * error at ``upper`` within the target: the head takes ``upper`` (nothing to trade);
 * error at ``lower`` above the target: the head takes ``lower`` (the safest value on offer);
-* otherwise the bracket halves until the error at its low end is within ``rel_tolerance`` of the target, or
-  ``max_iters`` halvings have run, or the bracket is narrower than ``resolution``. The answer is always the low end: the largest threshold tried whose error
-  met the target. With the same error function, a looser target therefore never yields a lower threshold.
+* otherwise the bracket halves until the error at its low end is within ``rel_tolerance`` of the target,
+  ``max_iters`` halvings have run, or the bracket is narrower than ``resolution``. The answer is always the
+  low end: the largest threshold tried whose error met the target. With the same error function, a looser
+  target therefore never yields a lower threshold.
 """
 
 from __future__ import annotations

@@ -91,7 +91,7 @@ class ThresholdFile(BaseModel):
 def calibration_info(config: CalibConfig) -> CalibrationInfo:
     return CalibrationInfo(metric=config.metric, target_error=config.target_error,
                            rel_tolerance=config.rel_tolerance, max_iters=config.max_iters,
-                           resolution=config.resolution,                            bounds=(config.lower, config.upper))
+                           resolution=config.resolution, bounds=(config.lower, config.upper))
 
 
 def read_file(path: str | Path) -> ThresholdFile:

@@ -1,0 +1,52 @@
+"""Shared fixtures: a plain model of LiteAttention layers fed with the synthetic video workload."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from liteattn import LiteAttention
+from liteattn.testing import video_qkv
+from torch import nn
+
+NUM_STEPS = 4
+SHAPE = dict(frames=2, height=4, width=8, head_dim=16)  # 64 tokens: 4 x 4 tiles of 16
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = LiteAttention(block_m=16, block_n=16)
+        self.norm = nn.Identity()
+
+
+class PlainModel(nn.Module):
+    """Each block attends the same synthetic Q/K/V: the step's workload, sharper with every step."""
+
+    def __init__(self, layers: int = 2):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block() for _ in range(layers))
+
+    def forward(self, q, k, v):
+        return torch.stack([block.attn(q, k, v) for block in self.blocks])
+
+
+def workload(step: int, heads: int = 4, batch: int = 1, seed: int = 0):
+    return video_qkv(batch=batch, heads=heads, step=step, num_steps=NUM_STEPS, seed=seed, **SHAPE)
+
+
+def run_steps(model, registry, steps: int = NUM_STEPS, heads: int = 4):
+    """One denoising loop; returns the outputs per step."""
+    outs = []
+    for i in range(steps):
+        with registry.timestep(i):
+            outs.append(model(*workload(i, heads)))
+    return outs
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return PlainModel()
+
+
+FAST = dict(progress=False, max_iters=12)

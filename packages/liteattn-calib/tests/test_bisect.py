@@ -1,0 +1,59 @@
+import pytest
+import torch
+from liteattn_calib.bisect import bisect_thresholds
+from liteattn_calib.settings import CalibConfig
+
+
+def smooth_error(scale):
+    """error(t) = scale * 2^t per head: monotone in the threshold t, like skipping more tiles."""
+    scale = torch.as_tensor(scale, dtype=torch.float64)
+    return lambda t: scale * torch.exp2(t.double())
+
+
+def test_endpoint_rules():
+    config = CalibConfig(target_error=0.01, resolution=0)
+    # head 0: error at 0 under target -> 0; head 1: error at -20 over target -> -20; head 2: bisected
+    result = bisect_thresholds(smooth_error([0.005, 1e9, 1.0]), 3, config)
+    assert result.thresholds[0] == 0.0
+    assert result.thresholds[1] == -20.0
+    assert -20 < result.thresholds[2] < 0
+    err = 2.0 ** result.thresholds[2].item()
+    assert 0.009 <= err <= 0.01  # met within 10%
+
+
+def test_heads_bisect_together_with_their_own_brackets():
+    config = CalibConfig(target_error=0.01, resolution=0)
+    calls = []
+    error = smooth_error([1.0, 100.0, 0.1])
+    result = bisect_thresholds(lambda t: calls.append(t.clone()) or error(t), 3, config)
+    assert result.evaluations == len(calls) <= 32
+    assert all(t.shape == (3,) for t in calls)
+    assert result.thresholds[0] > result.thresholds[1]  # the noisier head needs a lower threshold
+    assert result.thresholds[2] > result.thresholds[0]
+    assert (result.errors <= 0.01).all()
+
+
+def test_max_iters_and_resolution_stop():
+    step = lambda t: torch.where(t > -7.3, 1.0, 0.0).double()  # noqa: E731 - a window that can't be met
+    capped = bisect_thresholds(step, 1, CalibConfig(max_iters=5, resolution=0))
+    assert capped.evaluations == 2 + 5
+    fine = bisect_thresholds(step, 1, CalibConfig(max_iters=30, resolution=0))
+    assert fine.evaluations == 2 + 30 and -7.3 - 1e-4 < fine.thresholds[0] <= -7.3
+    coarse = bisect_thresholds(step, 1, CalibConfig(resolution=1 / 64))
+    assert coarse.evaluations < 20 and -7.3 - 1 / 64 <= coarse.thresholds[0] <= -7.3
+
+
+@pytest.mark.parametrize("tight, loose", [(0.001, 0.01), (0.01, 0.011), (0.003, 0.3)])
+def test_looser_target_never_lower_on_same_error(tight, loose):
+    g = torch.Generator().manual_seed(1)
+    levels = torch.sort(torch.rand(40, generator=g).double()).values
+    edges = torch.linspace(-20, 0, 40).double()
+    error = lambda t: levels[torch.searchsorted(edges, t.double()).clamp(max=39)]  # noqa: E731 - stepwise, monotone
+    a = bisect_thresholds(error, 1, CalibConfig(target_error=tight))
+    b = bisect_thresholds(error, 1, CalibConfig(target_error=loose))
+    assert b.thresholds[0] >= a.thresholds[0]
+
+
+def test_bad_bracket_rejected():
+    with pytest.raises(ValueError, match="lower < upper"):
+        CalibConfig(lower=0.0, upper=-1.0)
