@@ -237,7 +237,12 @@ class TritonBackend:
     tiles of 16..128 rows/keys, GQA, INT8 Q/K. Registered under the entry point ``triton``."""
 
     name = "triton"
-    priority = 20
+
+    @property
+    def priority(self) -> int:
+        """20 (above the reference) on a GPU; under the interpreter -1, so that ``auto`` never picks the
+        interpreter over the reference on CPU tensors (ask for ``backend="triton"`` to test it)."""
+        return -1 if _interpreting() else 20
 
     def capabilities(self) -> Capabilities:
         devices = {"cuda"}
