@@ -138,17 +138,22 @@ def _check_table(path: Path, num_steps: int, name: str, table: ModuleTable) -> N
 
 def _describe(exc: ValidationError) -> str:
     """One line per problem, naming the module and field: "module 'a.b', field 'threshold[2]': ..."."""
-    lines = []
+    messages: dict[str, list[str]] = {}
     for error in exc.errors():
         loc = list(error["loc"])
         if len(loc) >= 2 and loc[0] == "modules":
             # pydantic reports one attempt per union member ("...float", "...list[float]"): drop those tags.
             field = _field_name([x for x in loc[2:] if not _is_union_tag(x)])
-            lines.append(f"module {loc[1]!r}, field {field!r}: {error['msg']}")
+            where = f"module {loc[1]!r}, field {field!r}"
         else:
-            lines.append(f"header field {_field_name(loc)!r}: {error['msg']}")
-    unique = list(dict.fromkeys(lines))
-    return "; ".join(unique)
+            where = f"header field {_field_name(loc)!r}"
+        messages.setdefault(where, []).append(error["msg"])
+    lines = []
+    for where, msgs in messages.items():
+        if len(msgs) > 1 and "threshold" in where:  # every member of the step union failed
+            msgs = [f"expected a number <= 0, a list of numbers (one per head) or {DISABLED!r}"]
+        lines.append(f"{where}: {'; '.join(dict.fromkeys(msgs))}")
+    return "; ".join(lines)
 
 
 def _is_union_tag(part) -> bool:

@@ -1,0 +1,7 @@
+"""``python -m liteattn_calib inspect FILE``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
