@@ -290,14 +290,16 @@ def _threshold_for(threshold, name: str):
 
 def enable_liteattn(transformer: torch.nn.Module, threshold: float | Sequence[float] | dict | Callable = -10.0, *,
                     backend: str | None = None, use_int8: bool = False, enable_skipping: bool = True,
-                    targets: Sequence[Target] | None = None, branches: int = 1) -> LiteAttnHandle:
+                    targets: Sequence[Target] | None = None, branches: int = 1, block_m: int | None = None,
+                    block_n: int | None = None) -> LiteAttnHandle:
     """Give every video self-attention of a diffusers ``transformer`` its own :class:`~liteattn.LiteAttention`.
 
     ``threshold``: log2 units, a float or one per head, or a dict ``{fnmatch pattern: value}`` / a callable
     ``name -> value`` per attention module. ``targets`` chooses the attention modules of models not in
     :data:`MODEL_TARGETS` (e.g. ``[Target("blocks.*.self_attn")]``). ``branches``: separate skip states for
     pipelines that run classifier-free guidance as separate transformer calls (Wan: 2), chosen by the call
-    count. Returns a :class:`LiteAttnHandle`; ``handle.remove()`` restores the model exactly.
+    count. ``block_m`` / ``block_n``: tile shape (default: :func:`liteattn.default_tile_shape`; kernels may
+    support only the default). Returns a :class:`LiteAttnHandle`; ``handle.remove()`` restores the model exactly.
     """
     if targets is None:
         name = type(transformer).__name__
@@ -327,7 +329,8 @@ def enable_liteattn(transformer: torch.nn.Module, threshold: float | Sequence[fl
             original = attn.processor
             site = _patch_site(original)
             for i in range(branches):
-                lite = LiteAttention(enable_skipping, _threshold_for(threshold, name), use_int8, backend)
+                lite = LiteAttention(enable_skipping, _threshold_for(threshold, name), use_int8, backend,
+                                     block_m=block_m, block_n=block_n)
                 attn.add_module("liteattn" if i == 0 else f"liteattn_b{i}", lite)
                 handle.branch_modules[i][name] = lite
             handle.layouts[name] = layout
