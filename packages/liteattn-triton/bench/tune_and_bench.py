@@ -63,18 +63,17 @@ def ab(out_dir):
             return None, None
 
     t("dense", call(None, False))
-    t("dense-warpspec", call(None, False), warp_spec=True)
-    for mode in (0, 1, 2):
-        t(f"allkept-noskip-np-idx{mode}", call(ones, False), idx_mode=mode, persistent=False)
-    best = min((0, 1, 2), key=lambda m: res.get(f"allkept-noskip-np-idx{m}") if isinstance(
-        res.get(f"allkept-noskip-np-idx{m}"), float) else 1e9)
+    t("dense-ptr", call(None, False), use_desc=False)
+    for mode, desc in ((0, True), (0, False), (3, True)):
+        t(f"allkept-noskip-np-idx{mode}-{'desc' if desc else 'ptr'}", call(ones, False), idx_mode=mode,
+          use_desc=desc, persistent=False)
+    best = 3 if (res.get("allkept-noskip-np-idx3-desc", 1e9) < res.get("allkept-noskip-np-idx0-desc", 1e9)) else 0
     log("best idx mode", best)
-    t("allkept-noskip-persistent", call(ones, False), idx_mode=best, persistent=True)
-    ref_o, ref_bits = t("half-skip-reduce-np", call(half, True), idx_mode=0, defer_vote=False, persistent=False)
+    ref_o, ref_bits = t("half-skip-reduce-np-idx0", call(half, True), idx_mode=0, defer_vote=False, persistent=False)
     o1, bits1 = t("half-skip-defer-np", call(half, True), idx_mode=best, defer_vote=True, persistent=False)
     o2, bits2 = t("half-skip-defer-persistent", call(half, True), idx_mode=best, defer_vote=True, persistent=True)
     t("half-noskip-np", call(half, False), idx_mode=best, persistent=False)
-    t("allkept-skip-reduce-np", call(ones, True), idx_mode=best, defer_vote=False, persistent=False)
+    t("allkept-noskip-np", call(ones, False), idx_mode=best, persistent=False)
     t("allkept-skip-defer-np", call(ones, True), idx_mode=best, defer_vote=True, persistent=False)
     checks = {}
     for name, o, bits in (("defer-np", o1, bits1), ("defer-persistent", o2, bits2)):
@@ -83,9 +82,7 @@ def ab(out_dir):
     log("checks vs reduce/idx0:", checks)
     ci = AttentionCall(q, k, v, 1 / math.sqrt(D), th, bm, bn, None, None, False, True)
     t("int8-dense", ci)
-    t("int8-dense-s4", ci, num_stages=4)
-    t("dense-s4", call(None, False), num_stages=4)
-    t("dense-s2", call(None, False), num_stages=2)
+    res["dense-warpspec"] = res["dense-s4"] = res["dense-s2"] = res["allkept-skip-reduce-np"] = 1e9
 
     # adopt the winners for the harness
     f = lambda n: res.get(n) if isinstance(res.get(n), float) else 1e9  # noqa: E731
@@ -143,10 +140,9 @@ def main():
     args = ap.parse_args()
     if not args.skip_ab:
         ab(args.out)
-    harness("hA", args.out, ["1x24x32768x128", "1x24x32768x64", "1x12x32760x128"],
-            ["triton", "triton+test", "fa3", "cudnn", "flex"], write_dir=True)
-    harness("hC", args.out, ["1x24x32768x128"], ["triton", "triton+test", "flex"], masks=("video",))
-    harness("hB", args.out, ["1x40x75600x128"], ["triton", "triton+test", "fa3", "cudnn"])
+    harness("hA", args.out, ["1x24x32768x128", "1x12x32760x128"], ["triton", "triton+test", "fa3", "flex"],
+            write_dir=True)
+    harness("hB", args.out, ["1x40x75600x128", "1x24x32768x64"], ["triton", "triton+test", "fa3"])
     log("done")
 
 

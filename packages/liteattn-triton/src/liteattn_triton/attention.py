@@ -196,6 +196,10 @@ def triton_forward(call: AttentionCall, *, persistent: bool | None = None, skip_
 
     if defer_vote is None:
         defer_vote = configs.DEFER_VOTE_DEFAULT and not interp
+    if idx_mode is None:
+        idx_mode = configs.IDX_MODE_DEFAULT
+    if idx_mode == 3 and not dense:
+        defer_vote = True  # the key loop holds the tile index as a vector: votes are reduced afterwards
     defer_vote = defer_vote and write
     votes = (_SCRATCH.get("votes", rows * words * bm, device) if defer_vote
              else torch.empty(1, dtype=torch.int32, device=device))
@@ -222,7 +226,7 @@ def triton_forward(call: AttentionCall, *, persistent: bool | None = None, skip_
         UPCAST=upcast, DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
         USE_DESC=use_desc, DEFER_VOTE=defer_vote, PERSISTENT=persistent,
         WARP_SPEC=configs.WARP_SPEC_DEFAULT if warp_spec is None else warp_spec,
-        IDX_MODE=configs.IDX_MODE_DEFAULT if idx_mode is None else idx_mode,
+        IDX_MODE=idx_mode,
         num_warps=num_warps or cfg.num_warps, num_stages=num_stages or cfg.num_stages)
     if defer_vote:
         _pack_votes[(rows,)](votes, count, index, wbits_arg, k_tiles, words,

@@ -47,18 +47,18 @@ def _compact_keep_list(
 def _load_kv(
     K, V,                                # pointers to this (b, kv head), or tensor descriptors
     b, kv_col, kv_col_v,                 # descriptor coordinates: batch, first column of this kv head
-    start_n, offs_n, offs_d, offs_dv,
+    j, offs_n, offs_d, offs_dv,          # j: key tile, a scalar, or (BLOCK_N,) copies of it (IDX_MODE 3)
     stride_ks, stride_vs, Sk,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
-    BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr, USE_DESC: tl.constexpr,
+    BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr, KV_DESC: tl.constexpr,
 ):
-    """K (BLOCK_N, D) and V (BLOCK_N, DV) of key tile starting at start_n; padded keys load as 0."""
-    if USE_DESC:
-        k = K.load([b, start_n, kv_col]).reshape(BLOCK_N, D_PAD)
-        v = V.load([b, start_n, kv_col_v]).reshape(BLOCK_N, DV_PAD)
+    """K (BLOCK_N, D) and V (BLOCK_N, DV) of key tile j; padded keys load as 0."""
+    if KV_DESC:
+        k = K.load([b, j * BLOCK_N, kv_col]).reshape(BLOCK_N, D_PAD)
+        v = V.load([b, j * BLOCK_N, kv_col_v]).reshape(BLOCK_N, DV_PAD)
     else:
-        keys = start_n + offs_n
+        keys = j * BLOCK_N + offs_n
         k_ptrs = K + keys[:, None] * stride_ks + offs_d[None, :]
         v_ptrs = V + keys[:, None] * stride_vs + offs_dv[None, :]
         if EVEN_N:
@@ -95,25 +95,31 @@ def _attn_fwd_inner(
     USE_INT8: tl.constexpr,
     UPCAST: tl.constexpr,        # do the dots in fp32 (interpreter: bf16 dots are broken there)
     DOT_PREC: tl.constexpr,      # input_precision of fp32 dots
-    USE_DESC: tl.constexpr,
+    KV_DESC: tl.constexpr,       # K and V come through tensor descriptors
+    IDX_VEC: tl.constexpr,       # j is a (BLOCK_N,) vector (IDX_MODE 3)
 ):
-    start_n = j * BLOCK_N
-    k, v = _load_kv(K, V, b, kv_col, kv_col_v, start_n, offs_n, offs_d, offs_dv, stride_ks, stride_vs, Sk,
-                    HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD, BLOCK_N, EVEN_N, USE_DESC)
-    # -- scores in log2 units --
+    k, v = _load_kv(K, V, b, kv_col, kv_col_v, j, offs_n, offs_d, offs_dv, stride_ks, stride_vs, Sk,
+                    HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD, BLOCK_N, EVEN_N, KV_DESC)
+    # -- raw scores; s = qk * factor in log2 units is never materialised: the max is taken on qk and
+    #    scaled (exact: rounding is monotonic), and exp2 takes one FMA per score --
     if USE_INT8:
-        qk_i = tl.dot(q, tl.trans(k), out_dtype=tl.int32)
+        qk = tl.dot(q, tl.trans(k), out_dtype=tl.int32).to(tl.float32)
         k_scale = tl.load(k_scale_row + j)
-        s = qk_i.to(tl.float32) * (q_scale * k_scale * qk_scale)
+        if IDX_VEC:
+            qk = qk * k_scale[None, :]
+            factor = q_scale * qk_scale
+        else:
+            factor = q_scale * k_scale * qk_scale
     else:
         if UPCAST:
             qk = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision=DOT_PREC)
         else:
             qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
-        s = qk * qk_scale
+        factor = qk_scale
     if not EVEN_N:
-        s = tl.where((start_n + offs_n)[None, :] < Sk, s, float("-inf"))  # padded keys never contribute
-    m_tile = tl.max(s, 1)
+        # padded keys never contribute: one add of a (BLOCK_N,) bias of 0 / -inf
+        qk = qk + tl.where(j * BLOCK_N + offs_n < Sk, 0.0, float("-inf"))[None, :]
+    m_tile = tl.max(qk, 1) * factor
     # -- skip test: a valid row needs the tile iff m_tile - m_run > threshold (m_run = -inf: always) --
     if WRITE_BITS:
         need = ((m_tile - m_i) > thr) & row_valid
@@ -128,7 +134,7 @@ def _attn_fwd_inner(
             words = words | tl.where(w_offs == j // 32, need_any << (j % 32), 0)
     # -- online softmax --
     m_new = tl.maximum(m_i, m_tile)
-    p = tl.math.exp2(s - m_new[:, None])
+    p = tl.math.exp2(qk * factor - m_new[:, None])
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
@@ -143,6 +149,7 @@ def _attn_fwd_inner(
 def _attn_fwd_tile(
     tile_id,                                  # (b * H + h) * QT + qt: the row of the skip state
     Q, K, V, Out, Lse, Thr,                   # pointers, or (Q, K, V) tensor descriptors when USE_DESC
+    Kp, Vp,                                   # K and V pointers (IDX_MODE 3 loads K/V through pointers)
     QScale, KScale,                           # int8 scales: fp32 (B, H, QT), (B, Hkv, KT)
     Count, Index, WBits,                      # compact keep list (rows,), (rows, KT); next state (rows, W)
     Votes,                                    # int32 (rows, ceil(KT/32), BM) deferred votes (DEFER_VOTE)
@@ -178,16 +185,18 @@ def _attn_fwd_tile(
 
     if USE_DESC:
         q = Q.load([b, qt * BLOCK_M, h * HEAD_DIM]).reshape(BLOCK_M, D_PAD)
-        K_base = K
-        V_base = V
     else:
         q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :]
         if EVEN_M and D_PAD == HEAD_DIM:
             q = tl.load(q_ptrs)
         else:
             q = tl.load(q_ptrs, mask=row_valid[:, None] & (offs_d[None, :] < HEAD_DIM), other=0)
-        K_base = K + b * stride_kb + hk * stride_kh
-        V_base = V + b * stride_vb + hk * stride_vh
+    if USE_DESC and (IDX_MODE != 3 or DENSE):
+        K_base = K
+        V_base = V
+    else:
+        K_base = Kp + b * stride_kb + hk * stride_kh
+        V_base = Vp + b * stride_vb + hk * stride_vh
     if USE_INT8:
         q_scale = tl.load(QScale + tile_id)
         k_scale_row = KScale + (b * (H // GROUP) + hk) * KT
@@ -229,6 +238,10 @@ def _attn_fwd_tile(
         elif IDX_MODE == 1:
             # a one-element tensor load, which the software pipeliner can prefetch (scalar loads it cannot)
             j = tl.sum(tl.load(idx_row + t + tl.arange(0, 1)), 0)
+        elif IDX_MODE == 3:
+            # BLOCK_N copies of the index as one tensor load: the pipeliner prefetches it one stage ahead of
+            # the K/V pointer loads it feeds (an indirect load, like paged attention)
+            j = tl.load(idx_row + t + tl.zeros([BLOCK_N], dtype=tl.int32))
         else:
             j = j_next
             j_next = j1
@@ -239,7 +252,7 @@ def _attn_fwd_tile(
             b, hk * HEAD_DIM, hk * HEAD_DIM_V, stride_ks, stride_vs, j, Sk, qk_scale, thr,
             row_valid, offs_m_local, offs_n, offs_d, offs_dv, w_offs,
             HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD, BLOCK_M, BLOCK_N, EVEN_N, WRITE_BITS, DEFER_VOTE,
-            USE_INT8, UPCAST, DOT_PREC, USE_DESC)
+            USE_INT8, UPCAST, DOT_PREC, USE_DESC and (IDX_MODE != 3 or DENSE), IDX_MODE == 3 and not DENSE)
 
     # -- epilogue: rows with no computed tile get out = 0, lse = -inf --
     empty = l_i == 0.0
@@ -302,7 +315,7 @@ def _attn_fwd(
         for work in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
             tile_id = tl.load(Order + work)
             _attn_fwd_tile(
-                tile_id, q_src, k_src, v_src, Out, Lse, Thr, QScale, KScale, Count, Index, WBits, Votes,
+                tile_id, q_src, k_src, v_src, Out, Lse, Thr, K, V, QScale, KScale, Count, Index, WBits, Votes,
                 stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
                 stride_vb, stride_vs, stride_vh, stride_ob, stride_os, stride_oh,
                 H, GROUP, Sq, Sk, QT, KT, W, qk_scale,
@@ -312,7 +325,7 @@ def _attn_fwd(
         # grid (QT, B * H): consecutive programs share K/V of one head in L2
         tile_id = tl.program_id(1) * QT + tl.program_id(0)
         _attn_fwd_tile(
-            tile_id, q_src, k_src, v_src, Out, Lse, Thr, QScale, KScale, Count, Index, WBits, Votes,
+            tile_id, q_src, k_src, v_src, Out, Lse, Thr, K, V, QScale, KScale, Count, Index, WBits, Votes,
             stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
             stride_vb, stride_vs, stride_vh, stride_ob, stride_os, stride_oh,
             H, GROUP, Sq, Sk, QT, KT, W, qk_scale,
