@@ -21,8 +21,16 @@ from pathlib import Path
 from .engines import BASELINES, Engine, EngineSkipped, Problem, make_engine
 from .masks import MASK_KINDS, flex_block_mask, keep_mask, video_keep_mask
 from .report import add_ratios, environment, markdown, write_results
-from .runner import DEFAULT_ENGINES, DEFAULT_SHAPES, DEFAULT_SPARSITIES, DTYPES, BenchConfig, Shape, parse_shape, \
-    run_sweep
+from .runner import (
+    DEFAULT_ENGINES,
+    DEFAULT_SHAPES,
+    DEFAULT_SPARSITIES,
+    DTYPES,
+    BenchConfig,
+    Shape,
+    parse_shape,
+    run_sweep,
+)
 from .timing import median_time_ms, timer_name
 
 __all__ = [

@@ -24,7 +24,7 @@ import torch
 
 from ..backend import AttentionCall
 from ..skip_state import pack_keep_mask
-from ..tiles import default_tile_shape
+from ..tiles import num_tiles
 from .masks import flex_block_mask
 
 __all__ = ["BASELINES", "Engine", "EngineSkipped", "Problem", "make_engine"]
@@ -94,8 +94,8 @@ class LiteEngine(Engine):
         compute_bits = None if problem.keep is None else pack_keep_mask(problem.keep).contiguous()
         write_bits = None
         if self.skip_test:
-            q_tiles = -(-q.shape[1] // problem.block_m)
-            words = -(-(-(-problem.k.shape[1] // problem.block_n)) // 32)
+            q_tiles = num_tiles(q.shape[1], problem.block_m)
+            words = num_tiles(num_tiles(problem.k.shape[1], problem.block_n), 32)
             write_bits = torch.zeros(batch, heads, q_tiles, words, dtype=torch.int32, device=q.device)
         call = AttentionCall(q, problem.k, problem.v, 1.0 / math.sqrt(q.shape[-1]), thresholds, problem.block_m,
                              problem.block_n, compute_bits, write_bits, False, False)
@@ -210,6 +210,3 @@ def make_engine(name: str) -> Engine:
         raise ValueError(f"engine {name!r}: expected one of {BASELINES}, a liteattn backend name, or NAME+test")
     return LiteEngine(backend, skip_test=suffix == "test")
 
-
-def tile_shape(head_dim: int) -> tuple[int, int]:
-    return default_tile_shape(head_dim)

@@ -101,7 +101,8 @@ def markdown(rows: list[dict], env: dict, skipped: dict[str, str], config: dict)
             if r["shape"] != shape or r["status"] != "ok":
                 continue
             lines.append(f"| {r['engine']} | {r['mask']} | {r['target_sparsity']:.2f} | {r['sparsity']:.3f} | "
-                         f"{r['time_ms']:.3f} | {r['tflops']:.4g} | {_fmt(r['vs_fa3'], '.2f')} | {_fmt(r['vs_flex'], '.2f')} | "
+                         f"{r['time_ms']:.3f} | {r['tflops']:.4g} | {_fmt(r['vs_fa3'], '.2f')} | "
+                         f"{_fmt(r['vs_flex'], '.2f')} | "
                          f"{_fmt(r['vs_ideal'], '.2f')} | {_fmt(r['rel_err'], '.1e')} |")
         lines.append("")
     problems = [r for r in rows if r["status"] != "ok"]

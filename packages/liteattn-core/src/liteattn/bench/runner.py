@@ -199,7 +199,8 @@ def _run_shape(shape, points, engines, config, device, dtype, bar):
             except EngineSkipped as error:
                 row.update(status="skipped", reason=str(error))
             except Exception as error:  # report, free memory, go on with the next engine
-                row.update(status="failed", reason=f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}")
+                first_line = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+                row.update(status="failed", reason=f"{type(error).__name__}: {first_line}")
             finally:
                 fn = None
                 gc.collect()

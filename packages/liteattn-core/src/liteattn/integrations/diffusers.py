@@ -124,11 +124,12 @@ def _patch_site(processor) -> tuple[str, str]:
     module = sys.modules.get(type(processor).__module__)
     if module is not None and callable(getattr(module, "dispatch_attention_fn", None)):
         return module.__name__, "dispatch_attention_fn"
-    if module is not None and getattr(module, "F", None) in (torch.nn.functional,) or isinstance(
-            getattr(module, "F", None), _FunctionalProxy):
+    functional = getattr(module, "F", None)
+    if functional is torch.nn.functional or isinstance(functional, _FunctionalProxy):
         return module.__name__, "F"
     raise TypeError(f"liteattn cannot route the attention of {type(processor).__name__}: its module "
-                    f"{type(processor).__module__} calls neither dispatch_attention_fn nor F.scaled_dot_product_attention")
+                    f"{type(processor).__module__} calls neither dispatch_attention_fn nor "
+                    "F.scaled_dot_product_attention")
 
 
 def _acquire(site: tuple[str, str]) -> None:

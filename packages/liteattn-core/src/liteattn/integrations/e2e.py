@@ -312,7 +312,7 @@ def build_parser(prog: str = "liteattn e2e") -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     parser.add_argument("--device", default=None, help="default: cuda when available")
     parser.add_argument("--warmup-steps", type=int, default=2, help="steps of an untimed warm-up run per mode")
-    parser.add_argument("--out", default=None, help="folder for results.json, summary.md (and videos with --save-video)")
+    parser.add_argument("--out", default=None, help="folder for results.json, summary.md, videos")
     parser.add_argument("--save-video", action="store_true", help="write dense.mp4 / liteattn.mp4 (needs imageio)")
     return parser
 
