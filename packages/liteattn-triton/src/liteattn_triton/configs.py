@@ -11,12 +11,15 @@ from dataclasses import dataclass
 
 HEAD_DIMS = frozenset({32, 64, 96, 128, 256})
 BLOCK_SIZES = frozenset({16, 32, 64, 128})
-MAX_K_TILES = 1 << 16
+MAX_K_TILES = 1 << 16  # the compaction kernel holds one row of key tiles in registers
+
 # Defaults picked on an H100 (bench/NOTES-triton.md has the measurements behind each)
 DEFER_VOTE_DEFAULT = True  # reduce skip-test votes across rows after the kernel, not per tile
-PERSISTENT_DEFAULT = False # persistent grid over query tiles ordered by kept-tile count (sparse calls)
+PERSISTENT_DEFAULT = False  # persistent grid over query tiles ordered by kept-tile count (sparse calls)
 WARP_SPEC_DEFAULT = False  # Triton warp specialisation of the key loop
-IDX_MODE_DEFAULT = 0  # keep-list reads in the key loop: 0 scalar, 1 one-element tensor, 2 registers 3 ahead  # the compaction kernel holds one row of key tiles in registers
+# keep-list reads in the key loop: 0 scalar load + TMA K/V, 1 one-element tensor load, 2 registers 3 visits
+# ahead, 3 a (BLOCK_N,) broadcast load feeding pointer K/V loads (pipelined as an indirect load)
+IDX_MODE_DEFAULT = 0
 
 
 @dataclass(frozen=True)
