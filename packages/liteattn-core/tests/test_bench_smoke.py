@@ -61,7 +61,7 @@ def test_engine_failure_is_reported_and_skipped(monkeypatch):
     assert status["math"][0] == "ok"
 
 
-@pytest.mark.parametrize("kind", ["random", "video"])
+@pytest.mark.parametrize("kind", ["random", "video", "video-uneven"])
 @pytest.mark.parametrize("seq, sparsity", [(300, 0.5), (1000, 0.75), (1000, 0.9)])
 def test_keep_masks_have_the_requested_sparsity(kind, seq, sparsity):
     mask = keep_mask(kind, 1, 3, seq, seq, 32, sparsity, block_m=64, block_n=64)
@@ -71,10 +71,30 @@ def test_keep_masks_have_the_requested_sparsity(kind, seq, sparsity):
     counts = mask.sum(-1)
     if kind == "video":
         assert (counts == keep).all()
+    elif kind == "video-uneven":  # per-head sparsity spread around the mean, uneven rows
+        assert mask_sparsity(mask) == pytest.approx(sparsity, abs=0.02)
+        per_head = 1 - mask.float().mean((0, 2, 3))
+        assert per_head[0] < per_head[-1]
     else:  # random_keep_mask may keep one extra tile where it swapped the diagonal in
         assert ((counts == keep) | (counts == keep + 1)).all()
     assert mask[..., torch.arange(q_tiles), torch.arange(q_tiles) * k_tiles // q_tiles].all()  # diagonal kept
     assert mask_sparsity(mask) == pytest.approx(1 - counts.float().mean().item() / k_tiles)
+
+
+@pytest.mark.gpu
+def test_gpu_sweep_runs_every_engine_it_can(tmp_path):
+    """On a GPU machine: a small sweep over every engine; each either runs accurately or says why not."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    payload = run(BenchConfig(engines=["triton", "cuda", "fa3", "cudnn", "flash", "flex"],
+                              shapes=[parse_shape("1x4x2000x128"), parse_shape("1x4x2048x64")],
+                              sparsities=[0.0, 0.5], masks=["random", "video-uneven"], device="cuda",
+                              warmup_ms=5, rep_ms=10, progress=False), out=tmp_path)
+    ok = [r for r in payload["results"] if r["status"] == "ok"]
+    assert ok, payload["skipped_engines"]
+    for r in ok:
+        assert r["rel_err"] < 2e-2, r
+    assert (tmp_path / "results.md").exists()
 
 
 def test_video_dims_factorise_the_sequence():

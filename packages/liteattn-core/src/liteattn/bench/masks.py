@@ -1,8 +1,10 @@
 """Keep masks for the benchmark: random tile masks, and masks shaped like video self-attention.
 
 A keep mask is bool (B, H, q_tiles, k_tiles); ``True`` means "compute this key tile for this query tile".
-Both kinds keep exactly ``round((1 - sparsity) * k_tiles)`` tiles per query tile (at least one), the
-diagonal tile always among them.
+``random`` and ``video`` keep ``round((1 - sparsity) * k_tiles)`` tiles in every query tile (at least one), the
+diagonal tile among them: the work per query tile is uniform. ``video-uneven`` is what real skip states look
+like to a scheduler: sparsity differs by head (spread around the requested mean) and kept tiles are chosen per
+head over all pairs, so the number of kept tiles differs from one query tile to the next.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from ..tiles import num_tiles
 
 __all__ = ["MASK_KINDS", "flex_block_mask", "keep_mask", "mask_sparsity", "video_dims", "video_keep_mask"]
 
-MASK_KINDS = ("random", "video")
+MASK_KINDS = ("random", "video", "video-uneven")
 
 # Latent video shapes (frames, height, width) of the models the default benchmark shapes come from.
 _KNOWN_DIMS = {32760: (21, 30, 52), 75600: (21, 45, 80), 32768: (32, 32, 32)}
@@ -52,18 +54,23 @@ def _diagonal(q_tiles: int, k_tiles: int) -> torch.Tensor:
 
 
 def video_keep_mask(batch: int, heads: int, q_len: int, k_len: int, head_dim: int, sparsity: float, *,
-                    block_m: int = 128, block_n: int = 128, seed: int = 0, num_patterns: int = 4) -> torch.Tensor:
+                    block_m: int = 128, block_n: int = 128, seed: int = 0, num_patterns: int = 4,
+                    uneven: bool = False) -> torch.Tensor:
     """Keep the ``1 - sparsity`` key tiles with the largest block-pooled score ``mean(q_tile) . mean(k_tile)``
     of :func:`liteattn.testing.video_qkv` (tokens attend to their 3-D neighbourhood), per query tile.
 
     The workload is generated at ``video_dims(k_len)`` with one head; ``num_patterns`` seeds give distinct
     patterns, assigned to heads in turn. Queries use the first ``q_len`` positions.
+
+    ``uneven=True``: head h drops a fraction spread linearly around ``sparsity`` (mean ``sparsity``, from
+    ``sparsity - d`` to ``sparsity + d`` with ``d = min(sparsity, 1 - sparsity) / 2``), choosing the pairs with the
+    largest scores over the whole (q_tiles, k_tiles) grid, so rows keep different numbers of tiles.
     """
     frames, height, width = video_dims(k_len)
     q_tiles, k_tiles = num_tiles(q_len, block_m), num_tiles(k_len, block_n)
     keep = _keep_count(k_tiles, sparsity)
     diagonal = _diagonal(q_tiles, k_tiles)
-    patterns = []
+    patterns, score_maps = [], []
     for pattern in range(min(num_patterns, heads)):
         q, k, _ = video_qkv(1, frames, height, width, heads=1, head_dim=head_dim, seed=seed + pattern,
                             step=pattern + 1, num_steps=num_patterns)
@@ -71,9 +78,22 @@ def video_keep_mask(batch: int, heads: int, q_len: int, k_len: int, head_dim: in
         k_pooled = _pool(k[0, :, 0], block_n)  # (k_tiles, D)
         scores = q_pooled @ k_pooled.T
         scores[torch.arange(q_tiles), diagonal] = torch.inf
+        score_maps.append(scores)
         top = scores.topk(keep, dim=-1).indices
         patterns.append(torch.zeros(q_tiles, k_tiles, dtype=torch.bool).scatter_(-1, top, True))
-    by_head = torch.stack([patterns[h % len(patterns)] for h in range(heads)])
+    if uneven:
+        spread = min(sparsity, 1.0 - sparsity) / 2
+        by_head = []
+        for h in range(heads):
+            head_sparsity = sparsity + spread * ((2 * h / (heads - 1) - 1) if heads > 1 else 0.0)
+            count = max(q_tiles, round((1.0 - head_sparsity) * q_tiles * k_tiles))
+            flat = score_maps[h % len(score_maps)].flatten()
+            chosen = torch.zeros_like(flat, dtype=torch.bool)
+            chosen[flat.topk(count).indices] = True
+            by_head.append(chosen.view(q_tiles, k_tiles))
+        by_head = torch.stack(by_head)
+    else:
+        by_head = torch.stack([patterns[h % len(patterns)] for h in range(heads)])
     return by_head.unsqueeze(0).expand(batch, -1, -1, -1).contiguous()
 
 
@@ -88,14 +108,15 @@ def _pool(x: torch.Tensor, block: int) -> torch.Tensor:
 
 def keep_mask(kind: str, batch: int, heads: int, q_len: int, k_len: int, head_dim: int, sparsity: float, *,
               block_m: int = 128, block_n: int = 128, seed: int = 0, device="cpu") -> torch.Tensor:
-    """A keep mask of ``kind`` (``"random"`` or ``"video"``) at tile ``sparsity``, on ``device``."""
+    """A keep mask of ``kind`` (one of :data:`MASK_KINDS`) at tile ``sparsity``, on ``device``."""
     q_tiles, k_tiles = num_tiles(q_len, block_m), num_tiles(k_len, block_n)
     if kind == "random":
         _keep_count(k_tiles, sparsity)
         mask = random_keep_mask(batch, heads, q_tiles, k_tiles, sparsity, seed=seed)
-    elif kind == "video":
+    elif kind in ("video", "video-uneven"):
+        _keep_count(k_tiles, sparsity)
         mask = video_keep_mask(batch, heads, q_len, k_len, head_dim, sparsity, block_m=block_m, block_n=block_n,
-                               seed=seed)
+                               seed=seed, uneven=kind == "video-uneven")
     else:
         raise ValueError(f"mask kind must be one of {MASK_KINDS}; got {kind!r}")
     return mask.to(device)
