@@ -115,7 +115,13 @@ def timing(shapes, sparsities, variants):
     from torch.nn.attention.flex_attention import BlockMask, flex_attention
     flex = torch.compile(flex_attention, dynamic=False)
 
-    for (B, H, S, D) in shapes:
+    for shape in shapes:
+        _time_shape(*shape, sparsities, variants, fa3, flex, BlockMask)
+        torch.cuda.empty_cache()
+
+
+def _time_shape(B, H, S, D, sparsities, variants, fa3, flex, BlockMask):
+    if True:
         dt = torch.bfloat16
         bm, bn = (128, 128) if D <= 128 else (128, 64)
         torch.manual_seed(0)
@@ -154,7 +160,7 @@ def timing(shapes, sparsities, variants):
         for name, kw in variants:
             try:
                 c = make_call(q, k, v, bm, bn)
-                rec(f"triton-dense{name}", 0.0, bench(lambda: triton_forward(c, **kw)))
+                rec(f"triton-dense{name}", 0.0, bench(lambda c=c, kw=kw: triton_forward(c, **kw)))
             except Exception as e:
                 traceback.print_exc()
                 RESULTS["timing"].append(dict(shape=[B, H, S, D], engine=f"triton-dense{name}", error=repr(e)[:400]))
@@ -168,8 +174,8 @@ def timing(shapes, sparsities, variants):
         for s in sparsities:
             keep = random_keep_mask(B, H, QT, KT, s, seed=7, device="cuda")
             c = make_call(q, k, v, bm, bn, keep, True, thr=-5.0)
-            safe("triton-sparse", s, lambda: triton_forward(c))
-            safe("triton-sparse-nonpersistent", s, lambda: triton_forward(c, persistent=False))
+            safe("triton-sparse", s, lambda c=c: triton_forward(c))
+            safe("triton-sparse-nonpersistent", s, lambda c=c: triton_forward(c, persistent=False))
             if S % 128 == 0 and bn == 128:
                 kvn = keep.sum(-1).to(torch.int32)
                 kvi = torch.argsort((~keep).to(torch.int8), dim=-1, stable=True).to(torch.int32)
@@ -177,12 +183,13 @@ def timing(shapes, sparsities, variants):
                                                  seq_lengths=(S, S))
                 qt_, kt_, vt_ = (x.transpose(1, 2) for x in (q, k, v))
                 try:
-                    rec("flex", s, bench(lambda: flex(qt_, kt_, vt_, block_mask=bmask)))
+                    def run_flex(qt_=qt_, kt_=kt_, vt_=vt_, bmask=bmask):
+                        return flex(qt_, kt_, vt_, block_mask=bmask)
+
+                    rec("flex", s, bench(run_flex))
                 except Exception as e:
                     traceback.print_exc()
                     log("flex failed", repr(e)[:300])
-        del q, k, v
-        torch.cuda.empty_cache()
 
 
 def main():
@@ -212,7 +219,8 @@ def main():
         if "error" in r:
             log("PARITY ERROR", r)
         else:
-            log(f"parity D{r['D']} {r['dtype'][6:]} s{r['sparsity']} i8={r['int8']} desc={r['desc']} pers={r['persistent']}: "
+            log(f"parity D{r['D']} {r['dtype'][6:]} s{r['sparsity']} i8={r['int8']} desc={r['desc']} "
+                f"pers={r['persistent']}: "
                 f"out {r['out_rel_err']:.1e} lse {r['lse_max_err']:.1e} bits {r['bits_equal_words']:.4f}"
                 + (f" vsfp32 {r['int8_rel_err_vs_fp32']:.1e}" if 'int8_rel_err_vs_fp32' in r else ""))
     for r in RESULTS["timing"]:

@@ -111,8 +111,6 @@ def ab(out_dir):
         json.dump(dict(times_ms=res, checks=checks, chosen=chosen, gpu=torch.cuda.get_device_name(),
                        torch=torch.__version__, triton=triton.__version__, date=time.strftime("%Y-%m-%d")), fh,
                   indent=1)
-    del q, k, v
-    torch.cuda.empty_cache()
 
 
 def harness(name, out_dir, shapes, engines, masks=("random",), write_dir=False):

@@ -158,7 +158,8 @@ def test_int8_quantisation_matches_liteattn_quant():
     assert torch.equal(q8, ref_q8) and torch.equal(k8, ref_k8)
 
 
-@pytest.mark.parametrize("case", [(1, 130, 150, 2, 1, 64, 32, 32, 0.5, False), (1, 64, 64, 2, 2, 128, 32, 32, 0.0, True)])
+@pytest.mark.parametrize("case", [(1, 130, 150, 2, 1, 64, 32, 32, 0.5, False),
+                                  (1, 64, 64, 2, 2, 128, 32, 32, 0.0, True)])
 def test_int8_error_bound(case):
     batch, q_len, k_len, heads, kv_heads, dim, bm, bn, sparsity, reverse = case
     q, k, v = _qkv(batch, q_len, k_len, heads, kv_heads, dim, torch.float16, seed=7)
