@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import datetime
 import fnmatch
+import inspect
 import json
 import math
 import sys
@@ -205,8 +206,7 @@ def run_e2e(pipe, call_kwargs: dict, *, seed: int = 0, threshold: float = -6.0, 
 
     device = torch.device(device) if device is not None else next(_transformers(pipe)[0].parameters()).device
     if branches is None:
-        guided = float(call_kwargs.get("guidance_scale", 1.0) or 1.0) > 1.0
-        branches = 2 if type(pipe).__name__.startswith("Wan") and guided else 1
+        branches = 2 if type(pipe).__name__.startswith("Wan") and _guidance_scale(pipe, call_kwargs) > 1.0 else 1
     if warmup_steps:
         warm = dict(call_kwargs, num_inference_steps=warmup_steps)
         _generate(pipe, warm, seed, device)
@@ -256,6 +256,17 @@ def run_e2e(pipe, call_kwargs: dict, *, seed: int = 0, threshold: float = -6.0, 
         quality=quality, speedup=speedup,
         frames=dict(dense=dense_frames, liteattn=lite_frames),
     )
+
+
+def _guidance_scale(pipe, call_kwargs: dict) -> float:
+    """The guidance scale a call uses: given, else the pipeline's default."""
+    if call_kwargs.get("guidance_scale") is not None:
+        return float(call_kwargs["guidance_scale"])
+    try:
+        default = inspect.signature(pipe.__call__).parameters["guidance_scale"].default
+        return float(default) if default is not inspect.Parameter.empty and default is not None else 1.0
+    except (KeyError, TypeError, ValueError):
+        return 1.0
 
 
 def _version(package: str) -> str | None:
