@@ -1,5 +1,6 @@
 """CPU smoke test of ``liteattn.bench``: tiny shapes, the reference backend and SDPA's math path."""
 
+import importlib.util
 import json
 import math
 import warnings
@@ -45,7 +46,8 @@ def test_cli_writes_json_markdown_and_plot(tmp_path, capsys):
             assert r["sparsity"] > 0 and r["vs_ideal"] is not None
     markdown = (out / "results.md").read_text()
     assert "| reference | random |" in markdown and "nonexistent" in markdown
-    assert (out / "time_vs_sparsity.png").stat().st_size > 0
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (out / "time_vs_sparsity.png").stat().st_size > 0
     assert "| math | dense |" in capsys.readouterr().out
 
 
