@@ -90,7 +90,8 @@ def build_parser(prog: str = "liteattn bench") -> argparse.ArgumentParser:
                         help="BxHxSxD (or HxSxD), separated by spaces or semicolons (default: %(default)s)")
     parser.add_argument("--sparsities", default=",".join(str(s) for s in DEFAULT_SPARSITIES),
                         help="tile sparsities in [0, 1) (default: %(default)s)")
-    parser.add_argument("--masks", default="random", help=f"mask kinds, comma-separated from {MASK_KINDS}")
+    parser.add_argument("--masks", default="random,video",
+                        help=f"mask kinds, comma-separated from {MASK_KINDS} (default: %(default)s)")
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--warmup", type=float, default=25.0, help="warm-up budget per run in ms")

@@ -55,7 +55,7 @@ class BenchConfig:
     engines: list[str] = field(default_factory=lambda: list(DEFAULT_ENGINES))
     shapes: list[Shape] = field(default_factory=lambda: [parse_shape(s) for s in DEFAULT_SHAPES])
     sparsities: list[float] = field(default_factory=lambda: list(DEFAULT_SPARSITIES))
-    masks: list[str] = field(default_factory=lambda: ["random"])
+    masks: list[str] = field(default_factory=lambda: ["random", "video"])
     dtype: str = "bf16"
     device: str | None = None  # None: cuda when available
     warmup_ms: float = 25.0
