@@ -124,3 +124,18 @@ def test_parse_shape():
     assert parse_shape("24x32768x64").batch == 1
     with pytest.raises(ValueError):
         parse_shape("12x128")
+
+
+def test_fa3_engine_takes_the_output_of_a_tuple(monkeypatch):
+    import sys
+    import types
+
+    from liteattn.bench.engines import FA3Engine, Problem
+
+    fake = types.ModuleType("fa3_fwd_interface")
+    fake.flash_attn_func = lambda q, k, v: (q + 1, torch.zeros(1))
+    monkeypatch.setitem(sys.modules, "fa3_fwd_interface", fake)
+    q = torch.zeros(1, 4, 2, 8)
+    run_fa3 = FA3Engine().prepare(Problem(q, q, q, None, 128, 128))
+    assert torch.equal(run_fa3(), q + 1)
+    assert "CUDA" in FA3Engine().unavailable_reason(torch.device("cpu"))
