@@ -8,6 +8,9 @@ from liteattn import LiteAttention
 from liteattn.testing import video_qkv
 from torch import nn
 
+# The reference backend runs many tiny ops; on a shared 2-core machine, threads fighting over them cost 5x.
+torch.set_num_threads(1)
+
 NUM_STEPS = 4
 SHAPE = dict(frames=2, height=4, width=8, head_dim=16)  # 64 tokens: 4 x 4 tiles of 16
 
