@@ -162,3 +162,16 @@ def test_dense_attention_lse_matches_liteattn():
     ref_out, ref_lse = lite_attention(q, k, v, return_softmax_lse=True)
     torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(lse, ref_lse, atol=1e-5, rtol=1e-5)
+
+
+def test_calibration_registry_finds_one_layer_per_self_attention():
+    calib = pytest.importorskip("liteattn_calib")
+    model, inputs, names = _wan()
+    with enable_liteattn(model, backend="reference") as handle:
+        registry = calib.LiteAttentionRegistry.from_model(model, mode="const", threshold=-4.0)
+        assert sorted(registry.modules) == sorted(f"{name}.liteattn" for name in names)
+        for _ in range(2):
+            assert torch.isfinite(_run(model, inputs)).all()
+            registry.step()
+        registry.remove()
+    assert handle.removed
