@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
+
 from liteattn import LiteAttention
 from liteattn.testing import video_qkv
-from torch import nn
 
 # The reference backend runs many tiny ops; on a shared 2-core machine, threads fighting over them cost 5x.
 torch.set_num_threads(1)

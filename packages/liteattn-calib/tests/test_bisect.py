@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from liteattn_calib.bisect import bisect_thresholds
 from liteattn_calib.settings import CalibConfig
 

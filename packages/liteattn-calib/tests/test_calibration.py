@@ -3,6 +3,7 @@
 import math
 
 import torch
+
 from conftest import FAST, NUM_STEPS, PlainModel, run_steps, workload
 from liteattn import LiteAttention, lite_attention
 from liteattn_calib import CalibConfig, LiteAttentionRegistry, calibrate_call, read_file

@@ -7,6 +7,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+
 from conftest import FAST, PlainModel, run_steps
 from liteattn_calib import LiteAttentionRegistry, load_capture
 from liteattn_calib.cli import inspect_main

@@ -6,6 +6,7 @@ from unittest import mock
 
 import pytest
 import torch
+
 from conftest import FAST
 from liteattn import LiteAttention
 from liteattn_calib import LiteAttentionRegistry

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from conftest import PlainModel, run_steps, workload
 from liteattn_calib import CalibrationFileError, LiteAttentionRegistry, read_file
 
@@ -36,7 +37,8 @@ def test_hand_written_file_applies(tmp_path):
     model = PlainModel()
     registry = LiteAttentionRegistry.from_model(model, mode="load", filename=write(tmp_path, GOOD))
     run_steps(model, registry, steps=3)
-    assert registry.to_file().modules["blocks.0.attn"].threshold == ["disabled", -3.0, [-1.0, -2.0, -3.0, -float("inf")]]
+    expected = ["disabled", -3.0, [-1.0, -2.0, -3.0, -float("inf")]]
+    assert registry.to_file().modules["blocks.0.attn"].threshold == expected
 
 
 def test_save_then_read_round_trips(tmp_path):

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from conftest import FAST, NUM_STEPS, PlainModel, run_steps, workload
 from liteattn import LiteAttention, lite_attention
 from liteattn_calib import LiteAttentionRegistry
@@ -20,7 +21,8 @@ def test_discovers_every_lite_attention_by_path(model):
 def test_name_filter_selects_a_subset(model):
     only = LiteAttentionRegistry.from_model(model, mode="disable", modules="blocks.1.*")
     assert list(only.modules) == ["blocks.1.attn"]
-    by_callable = LiteAttentionRegistry.from_model(PlainModel(), mode="disable", modules=lambda n: n.startswith("blocks.0"))
+    by_callable = LiteAttentionRegistry.from_model(PlainModel(), mode="disable",
+                                                   modules=lambda n: n.startswith("blocks.0"))
     assert list(by_callable.modules) == ["blocks.0.attn"]
     with pytest.raises(ValueError, match="no LiteAttention"):
         LiteAttentionRegistry.from_model(model, mode="disable", modules="nothing.*")

@@ -13,6 +13,7 @@ import copy
 from dataclasses import dataclass
 
 import torch
+
 from liteattn.functional import run_attention
 from liteattn.skip_state import SkipState
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from liteattn.skip_state import unpack_keep_mask
 from liteattn.tiles import num_tiles
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -68,7 +68,7 @@ class ModuleTable(BaseModel):
     model_config = ConfigDict(extra="forbid")
     heads: int = Field(ge=1)
     head_dim: int = Field(ge=1)
-    threshold: list[Union[Literal["disabled"], float, list[float]]]
+    threshold: list[Literal["disabled"] | float | list[float]]
     sparsity: list[float] | None = None
 
 

@@ -12,15 +12,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from liteattn import LiteAttention, __version__ as liteattn_version
+from torch import nn
+
+from liteattn import LiteAttention
+from liteattn import __version__ as liteattn_version
 from liteattn.functional import run_attention
 from liteattn.tiles import default_tile_shape
-from torch import nn
 
 from .calibrate import calibrate_call
 from .capture import CAPTURE_KINDS, Capture, module_filter
-from .fileformat import CalibrationFileError, ModelInfo, ModuleTable, ThresholdFile, calibration_info, read_file
-from .fileformat import write_file
+from .fileformat import (
+    CalibrationFileError,
+    ModelInfo,
+    ModuleTable,
+    ThresholdFile,
+    calibration_info,
+    read_file,
+    write_file,
+)
 from .layer import Layer
 from .settings import CALIBRATE, DISABLED, CalibConfig, StepEntry, normalize_entry
 from .steps import StepClock
@@ -77,7 +86,9 @@ class LiteAttentionRegistry(AbstractContextManager):
         self.disabled_steps = disabled_steps
         self.on_extra_steps = on_extra_steps
         self.model_class = model_class
-        self.calib_config = calib_config if isinstance(calib_config, CalibConfig) else CalibConfig(**(calib_config or {}))
+        if not isinstance(calib_config, CalibConfig):
+            calib_config = CalibConfig(**(calib_config or {}))
+        self.calib_config = calib_config
         self.threshold = self._initial_threshold(mode, threshold)
         self.file = self._initial_file(mode, layers)
         self._rules: list[_Rule] = []
@@ -115,8 +126,6 @@ class LiteAttentionRegistry(AbstractContextManager):
         return normalize_entry(threshold, "threshold")
 
     def _initial_file(self, mode: str, layers: dict[str, LiteAttention]) -> ThresholdFile | None:
-        if mode == "calib" and self.filename is None:
-            return None
         if mode != "load":
             return None
         if self.filename is None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal, Union
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -13,7 +13,7 @@ DISABLED = "disabled"  # dense, through the same kernels, the skip state untouch
 CALIBRATE = "calibrate"  # bisect the threshold at this (module, step); never stored in a file
 
 # One (module, step): dense, one threshold for all heads, or one threshold per head (log2 units, <= 0).
-StepEntry = Union[Literal["disabled"], float, tuple[float, ...]]
+StepEntry = Literal["disabled"] | float | tuple[float, ...]
 
 
 class CalibConfig(BaseModel):
