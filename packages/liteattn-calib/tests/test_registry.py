@@ -136,3 +136,14 @@ def test_const_needs_a_threshold(model):
         LiteAttentionRegistry.from_model(model, mode="const")
     with pytest.raises(ValueError, match="mode"):
         LiteAttentionRegistry.from_model(model, mode="fast")
+
+
+def test_override_calibrates_one_module_of_a_const_run(model):
+    registry = LiteAttentionRegistry.from_model(model, mode="const", threshold=-20.0, calib_config=FAST)
+    registry.override("calibrate", modules="blocks.1.*", steps=[1, 2])
+    run_steps(model, registry)
+    table = registry.to_file()
+    assert table.modules["blocks.0.attn"].threshold == [-20.0] * NUM_STEPS
+    calibrated = table.modules["blocks.1.attn"].threshold
+    assert calibrated[0] == calibrated[3] == -20.0 and calibrated[1] != -20.0
+    assert table.calibration is not None and table.calibration.target_error == 0.01

@@ -91,6 +91,8 @@ class LiteAttentionRegistry(AbstractContextManager):
         self.calib_config = calib_config
         self.threshold = self._initial_threshold(mode, threshold)
         self.file = self._initial_file(mode, layers)
+        # parsed once: the per-call lookup must stay cheap next to an attention call
+        self._file_entries = {name: self.file.entries(name) for name in layers} if self.file else {}
         self._rules: list[_Rule] = []
         self._warned_clamp = False
         self._capture: Capture | None = None
@@ -246,7 +248,7 @@ class LiteAttentionRegistry(AbstractContextManager):
             return self.threshold
         if self.mode == "calib":
             return CALIBRATE
-        entries = self.file.entries(layer.name)
+        entries = self._file_entries[layer.name]
         if step >= len(entries):
             if self.on_extra_steps == "error":
                 raise CalibrationFileError(f"{self.filename}: step {step} is past the file's num_steps = "
