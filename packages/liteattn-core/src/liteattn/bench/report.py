@@ -93,6 +93,7 @@ def markdown(rows: list[dict], env: dict, skipped: dict[str, str], config: dict)
               "×FA3 and ×Flex are speed-ups (their time / this time, Flex with the same mask); "
               "/ideal = time / ((1 − s) × own dense time); rel.err against fp32 on 3 query tiles.", ""]
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
+    lines += summary_tables(rows)
     for shape in shapes:
         lines += [f"## B x H x S x D = {shape}", "",
                   "| engine | mask | target s | tile s | time (ms) | TF/s | ×FA3 | ×Flex | /ideal | rel.err |",
@@ -113,6 +114,37 @@ def markdown(rows: list[dict], env: dict, skipped: dict[str, str], config: dict)
                   f"{r['reason']}" for r in problems]
         lines.append("")
     return "\n".join(lines)
+
+
+def summary_tables(rows: list[dict]) -> list[str]:
+    """Compact view: per shape and mask kind, one row per engine, one column per target sparsity, cells
+    ``time ms (/ideal)``; dense-only engines appear in the sparsity-0 column."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        return []
+    lines = ["## Summary: time in ms (/ideal) by tile sparsity", ""]
+    for shape in dict.fromkeys(r["shape"] for r in ok):
+        mine = [r for r in ok if r["shape"] == shape]
+        masks = [m for m in dict.fromkeys(r["mask"] for r in mine) if m != "dense"] or ["dense"]
+        for mask in masks:
+            levels = sorted({0.0} | {r["target_sparsity"] for r in mine if r["mask"] == mask})
+            lines += [f"**{shape}**, {mask} masks", "", "| engine | " + " | ".join(f"s={s:g}" for s in levels) + " |",
+                      "|---|" + "---:|" * len(levels)]
+            for engine in dict.fromkeys(r["engine"] for r in mine):
+                cells = []
+                for s in levels:
+                    want = "dense" if s == 0.0 else mask
+                    hit = next((r for r in mine if r["engine"] == engine and r["mask"] == want
+                                and r["target_sparsity"] == s), None)
+                    if hit is None:
+                        cells.append("")
+                    elif s == 0.0 or hit["vs_ideal"] is None:
+                        cells.append(f"{hit['time_ms']:.3g}")
+                    else:
+                        cells.append(f"{hit['time_ms']:.3g} ({hit['vs_ideal']:.2f})")
+                lines.append(f"| {engine} | " + " | ".join(cells) + " |")
+            lines.append("")
+    return lines
 
 
 def plot(rows: list[dict], path: Path, title: str = "") -> Path | None:
