@@ -139,3 +139,9 @@ def test_fa3_engine_takes_the_output_of_a_tuple(monkeypatch):
     run_fa3 = FA3Engine().prepare(Problem(q, q, q, None, 128, 128))
     assert torch.equal(run_fa3(), q + 1)
     assert "CUDA" in FA3Engine().unavailable_reason(torch.device("cpu"))
+
+
+def test_list_engines(capsys):
+    assert main(["--list", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "reference  ok" in out and "fa3" in out

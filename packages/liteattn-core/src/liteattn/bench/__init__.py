@@ -100,6 +100,7 @@ def build_parser(prog: str = "liteattn bench") -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-check", action="store_true", help="skip the fp32 accuracy check of each output")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--list", action="store_true", help="list the engines and whether they can run here, then exit")
     parser.add_argument("--out", default=None, help="folder for results.json, results.md, time_vs_sparsity.png "
                         "(e.g. bench/results/h100-2026-11-23); without it the table is printed only")
     return parser
@@ -120,10 +121,30 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
                        seed=args.seed, check=not args.no_check, progress=not args.no_progress)
 
 
+def _list_engines(args) -> int:
+    from importlib.metadata import entry_points
+
+    from ..dispatch import ENTRY_POINT_GROUP
+
+    device = BenchConfig(device=args.device).resolved_device()
+    backends = sorted({"reference", *(e.name for e in entry_points(group=ENTRY_POINT_GROUP))})
+    names = list(dict.fromkeys([*backends, *DEFAULT_ENGINES, *BASELINES]))
+    print(f"engines on {device} (liteattn backends also run as NAME+test):")
+    for name in names:
+        try:
+            reason = make_engine(name).unavailable_reason(device)
+        except Exception as error:
+            reason = f"{type(error).__name__}: {error}"
+        print(f"  {name:<10} {'ok' if reason is None else reason}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """``liteattn bench``: parse flags, run the sweep, print the markdown table, write results to ``--out``."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.list:
+        return _list_engines(args)
     try:
         config = config_from_args(args)
     except ValueError as error:
