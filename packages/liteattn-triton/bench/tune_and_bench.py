@@ -66,7 +66,11 @@ def ab(out_dir):
     t("dense-ptr", call(None, False), use_desc=False)
     for mode, desc in ((0, True), (0, False), (3, True)):
         t(f"allkept-noskip-np-idx{mode}-{'desc' if desc else 'ptr'}", call(ones, False), idx_mode=mode,
-          use_desc=desc, persistent=False)
+          use_desc=desc, persistent=False, num_stages=3)
+    # keep-list loop at the default depth (configs.keep_list_stages: 5 at 128 x 128 x 128)
+    t("allkept-noskip-np-idx0-liststages", call(ones, False), idx_mode=0, persistent=False)
+    t("half-noskip-np-idx0-liststages", call(half, False), idx_mode=0, persistent=False)
+    t("half-skip-np-idx0-liststages", call(half, True), idx_mode=0, persistent=False)
     best = 3 if (res.get("allkept-noskip-np-idx3-desc", 1e9) < res.get("allkept-noskip-np-idx0-desc", 1e9)) else 0
     log("best idx mode", best)
     ref_o, ref_bits = t("half-skip-reduce-np-idx0", call(half, True), idx_mode=0, defer_vote=False, persistent=False)

@@ -205,6 +205,7 @@ def triton_forward(call: AttentionCall, *, persistent: bool | None = None, skip_
              else torch.empty(1, dtype=torch.int32, device=device))
 
     cfg = configs.pick_config(dim, bm, bn, call.use_int8)
+    stages = num_stages or (cfg.num_stages if dense else configs.keep_list_stages(cfg.num_stages))
     upcast = interp and q.dtype == torch.bfloat16
     _attn_fwd[grid](
         q_in, k_in, v, out, lse, thresholds,
@@ -227,7 +228,7 @@ def triton_forward(call: AttentionCall, *, persistent: bool | None = None, skip_
         USE_DESC=use_desc, DEFER_VOTE=defer_vote, PERSISTENT=persistent,
         WARP_SPEC=configs.WARP_SPEC_DEFAULT if warp_spec is None else warp_spec,
         IDX_MODE=idx_mode,
-        num_warps=num_warps or cfg.num_warps, num_stages=num_stages or cfg.num_stages)
+        num_warps=num_warps or cfg.num_warps, num_stages=stages)
     if defer_vote:
         _pack_votes[(rows,)](votes, count, index, wbits_arg, k_tiles, words,
                              BLOCK_M=bm, W_PAD=_next_pow2(words), DENSE=dense, REVERSE=call.reverse, num_warps=4)
