@@ -174,7 +174,7 @@ def timing(shapes, sparsities, use_flex):
                 except Exception as exc:
                     log("flex failed:", type(exc).__name__, str(exc)[:300])
         RESULTS["timing"].append(row)
-        json.dump(RESULTS, open(os.path.join(OUT, "cuda-gpu-check.json"), "w"), indent=1)
+        json.dump(RESULTS, open(os.path.join(OUT, f"{TAG}-gpu-check.json"), "w"), indent=1)
         del q, k, v, out, lse
         torch.cuda.empty_cache()
 
@@ -205,19 +205,22 @@ if __name__ == "__main__":
     ap.add_argument("--out", default=".")
     ap.add_argument("--parity-only", action="store_true")
     ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--no-parity", action="store_true")
+    ap.add_argument("--tag", default="cuda")
     ap.add_argument("--shapes", nargs="*", default=["12,32760,128", "24,32768,128", "40,75600,128", "24,32768,64"])
     ap.add_argument("--sparsities", default="0,0.5,0.75,0.9")
     a = ap.parse_args()
-    OUT = a.out
+    OUT, TAG = a.out, a.tag
     os.makedirs(OUT, exist_ok=True)
     p = torch.cuda.get_device_properties(0)
     RESULTS["meta"] = {"gpu": p.name, "torch": torch.__version__, "cuda": torch.version.cuda,
                        "date": time.strftime("%Y-%m-%d"), "sms": p.multi_processor_count}
     log(json.dumps(RESULTS["meta"]))
-    parity()
-    json.dump(RESULTS, open(os.path.join(OUT, "cuda-gpu-check.json"), "w"), indent=1)
+    if not a.no_parity:
+        parity()
+    json.dump(RESULTS, open(os.path.join(OUT, f"{TAG}-gpu-check.json"), "w"), indent=1)
     if not a.parity_only:
         shapes = [tuple(int(x) for x in s.split(",")) for s in a.shapes]
         timing(shapes, [float(x) for x in a.sparsities.split(",")], not a.no_flex)
-    json.dump(RESULTS, open(os.path.join(OUT, "cuda-gpu-check.json"), "w"), indent=1)
+    json.dump(RESULTS, open(os.path.join(OUT, f"{TAG}-gpu-check.json"), "w"), indent=1)
     table()

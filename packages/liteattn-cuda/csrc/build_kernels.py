@@ -102,6 +102,10 @@ def build(build_dir: Path, head_dims=HEAD_DIMS, jobs: int | None = None, verbose
     """Build the extension into ``build_dir`` and return the path of the shared library."""
     import torch
 
+    # Development knobs: extra nvcc flags (e.g. -DLITEATTN_PINGPONG=0) and a subset of head dims.
+    extra = os.environ.get("LITEATTN_CUDA_NVCC_FLAGS", "").split()
+    if os.environ.get("LITEATTN_CUDA_HEAD_DIMS"):
+        head_dims = tuple(int(d) for d in os.environ["LITEATTN_CUDA_HEAD_DIMS"].split(","))
     build_dir.mkdir(parents=True, exist_ok=True)
     gen = build_dir / "gen"
     gen.mkdir(exist_ok=True)
@@ -122,7 +126,7 @@ def build(build_dir: Path, head_dims=HEAD_DIMS, jobs: int | None = None, verbose
     cxx = os.environ.get("CXX", "c++")
     lines = [
         f"nvcc = {nvcc}",
-        f"nvcc_flags = {' '.join(NVCC_FLAGS + inc_flags)}",
+        f"nvcc_flags = {' '.join(NVCC_FLAGS + extra + inc_flags)}",
         f"cxx = {cxx}",
         f"cxx_flags = {' '.join(CXX_FLAGS + ['-I' + str(include), '-I' + str(torch_dir / 'include')])}",
         "ldflags = -shared -cudart=static -L" + str(torch_dir / "lib") + " -ltorch -ltorch_cpu -lc10",

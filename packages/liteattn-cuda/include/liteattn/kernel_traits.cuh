@@ -82,6 +82,8 @@ struct KernelTraits {
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutQ>> smem_q;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutK>> smem_k;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutV>> smem_v;
+    // Write-only sink for the row sums (see consumer_mainloop): pins the softmax before wgmma.wait_group 0.
+    alignas(16) float row_sum_sink[kNumMmaThreads * 2];
     alignas(16) cutlass::arch::ClusterTransactionBarrier barrier_q;
     typename Pipeline::SharedStorage pipeline_k;
     typename Pipeline::SharedStorage pipeline_v;

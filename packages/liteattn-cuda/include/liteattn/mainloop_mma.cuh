@@ -46,11 +46,50 @@ CUTE_DEVICE auto convert_fragment(Tensor<Engine, Layout> const& src) {
   return dst;
 }
 
-// Runs the whole key loop for this CTA's query tile; leaves the unnormalised O in tOrO.
+// Ping-pong between the consumer warpgroups: each issues its wgmma's only in its turn, so one warpgroup's
+// softmax runs while the other's GEMMs own the tensor cores. Named barrier 1 + w is "warpgroup w may issue";
+// id 0 is __syncthreads.
+#ifndef LITEATTN_PINGPONG
+#define LITEATTN_PINGPONG 0  // -DLITEATTN_PINGPONG=0 builds the variant without turn-taking (for measurements)
+#endif
+
+template <int kNumMmaWarpgroups_>
+struct PingPong {
+  static constexpr int kNumMmaWarpgroups = LITEATTN_PINGPONG ? kNumMmaWarpgroups_ : 1;
+  int wg;  // consumer warpgroup index
+  CUTE_DEVICE static void bar_sync(int id) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "n"(kNumMmaWarpgroups * 128)); }
+  CUTE_DEVICE static void bar_arrive(int id) { asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "n"(kNumMmaWarpgroups * 128)); }
+  CUTE_DEVICE void wait_turn() const { if constexpr (kNumMmaWarpgroups > 1) bar_sync(1 + wg); }
+  CUTE_DEVICE void pass_turn() const { if constexpr (kNumMmaWarpgroups > 1) bar_arrive(1 + (wg + 1) % kNumMmaWarpgroups); }
+  // Warpgroup 0 goes first: the last warpgroup hands it the first turn.
+  CUTE_DEVICE void start() const { if constexpr (kNumMmaWarpgroups > 1) if (wg == kNumMmaWarpgroups - 1) bar_arrive(1); }
+  // Consume warpgroup 0's extra turn so every barrier ends with as many arrivals as syncs.
+  CUTE_DEVICE void finish() const { if constexpr (kNumMmaWarpgroups > 1) if (wg == 0) bar_sync(1); }
+};
+
+// Keys >= Sk of the last key tile were zero-filled by TMA: give them -inf. Branch-free on purpose: a branch
+// between wgmma.wait_group 1 and 0 makes the compiler wait for every wgmma at the merge point, which
+// serialises the softmax behind the PV wgmma it is meant to overlap.
+template <int kBlockN, class TensorS>
+CUTE_DEVICE void mask_partial_tile(TensorS& tSrS, int n, int partial_tile, int seqlen_k, int lane) {
+  int const valid = n == partial_tile ? seqlen_k - n * kBlockN : kBlockN;
+  CUTE_UNROLL
+  for (int i = 0; i < size(tSrS); ++i) tSrS(i) = acc_col(i, lane) >= valid ? -INFINITY : tSrS(i);
+}
+
+#ifndef LITEATTN_INTRA_WG_OVERLAP
+// 0 (default): per tile, S = Q K^T, softmax, O += P V, each waited for; the two consumer warpgroups overlap each
+// other's softmax with their GEMMs. 1: the FA3-style software pipeline below (S(n) issued with PV(n-1)). On an
+// H100 the pipelined loop measured 8-22% slower (bench/NOTES-cuda.md, v2/v3), so it is kept for study only.
+#define LITEATTN_INTRA_WG_OVERLAP 0
+#endif
+
+// Simple loop: each consumer warpgroup waits for every wgmma before using its result.
 template <class Traits, class Params, class TensorO>
-CUTE_DEVICE void consumer_mainloop(Params const& params, typename Traits::SharedStorage& shared,
-                                   typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
-                                   KeptTileIterator tiles, int thread_idx, TensorO& tOrO, OnlineSoftmax& softmax) {
+CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits::SharedStorage& shared,
+                                          typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
+                                          KeptTileIterator tiles, int thread_idx, TensorO& tOrO,
+                                          OnlineSoftmax& softmax) {
   using Element = typename Traits::Element;
   constexpr int kBlockN = Traits::kBlockN;
   Tensor sQ = make_tensor(make_smem_ptr(shared.smem_q.data()), typename Traits::SmemLayoutQ{});    // (BM, D)
@@ -69,6 +108,8 @@ CUTE_DEVICE void consumer_mainloop(Params const& params, typename Traits::Shared
 
   int const lane = thread_idx % 32;
   int const partial_tile = params.seqlen_k % kBlockN == 0 ? -1 : params.num_k_tiles - 1;
+  PingPong<Traits::kNumMmaWarpgroups> turn{thread_idx / 128};
+  turn.start();
 
   // Consumers wait on barrier_q (armed by the producer) once, before the first QK^T.
   shared.barrier_q.wait(0);
@@ -76,23 +117,18 @@ CUTE_DEVICE void consumer_mainloop(Params const& params, typename Traits::Shared
   typename Traits::PipelineState state;  // consumer side starts at phase 0
   for (int n = tiles.next(); n >= 0; n = tiles.next()) {
     // Wait for K[stage] (full barrier), S = Q K^T, then release K[stage] to the producer (empty barrier).
+    turn.wait_turn();
     pipeline_k.consumer_wait(state);
     wgmma_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_qk, tSrQ, tSrK(_, _, _, state.index()), tSrS);
+    turn.pass_turn();
     warpgroup_wait<0>();
     pipeline_k.consumer_release(state);
 
-    if (n == partial_tile) {  // keys >= Sk were zero-filled by TMA: mask them out of the softmax
-      int const valid = params.seqlen_k - n * kBlockN;
-      CUTE_UNROLL
-      for (int i = 0; i < size(tSrS); ++i)
-        if (acc_col(i, lane) >= valid) tSrS(i) = -INFINITY;
-    }
-
+    mask_partial_tile<kBlockN>(tSrS, n, partial_tile, params.seqlen_k, lane);
     float correction[2];
     softmax.step(tSrS, correction);
     CUTE_UNROLL
     for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= correction[acc_row(i)];
-
     Tensor rP = convert_fragment<Element>(tSrS);                                        // (MMA, MMA_M, MMA_N)
     Tensor tOrP = make_tensor(rP.data(), acc_layout_as_a_operand(rP.layout()));          // (MMA, MMA_M, MMA_K)
 
@@ -102,6 +138,110 @@ CUTE_DEVICE void consumer_mainloop(Params const& params, typename Traits::Shared
     warpgroup_wait<0>();
     pipeline_v.consumer_release(state);
     ++state;
+  }
+  turn.finish();
+}
+
+// Runs the whole key loop for this CTA's query tile (at least one kept tile); leaves the unnormalised O in tOrO.
+// Software-pipelined inside the warpgroup: S(n) = Q K(n)^T is issued together with O += P(n-1) V(n-1), and the
+// softmax of S(n) runs while the PV wgmma is still in flight.
+template <class Traits, class Params, class TensorO>
+CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits::SharedStorage& shared,
+                                   typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
+                                   KeptTileIterator tiles, int thread_idx, TensorO& tOrO, OnlineSoftmax& softmax) {
+  using Element = typename Traits::Element;
+  constexpr int kBlockN = Traits::kBlockN;
+  Tensor sQ = make_tensor(make_smem_ptr(shared.smem_q.data()), typename Traits::SmemLayoutQ{});    // (BM, D)
+  Tensor sK = make_tensor(make_smem_ptr(shared.smem_k.data()), typename Traits::SmemLayoutK{});    // (BN, D, stage)
+  Tensor sVt = make_tensor(make_smem_ptr(shared.smem_v.data()), typename Traits::SmemLayoutVt{});  // (D, BN, stage)
+
+  typename Traits::TiledMmaQK mma_qk;
+  typename Traits::TiledMmaPV mma_pv;
+  auto thr_qk = mma_qk.get_thread_slice(thread_idx);
+  auto thr_pv = mma_pv.get_thread_slice(thread_idx);
+  Tensor tSrQ = thr_qk.partition_fragment_A(sQ);   // (MMA, MMA_M, MMA_K) smem descriptors
+  Tensor tSrK = thr_qk.partition_fragment_B(sK);   // (MMA, MMA_N, MMA_K, stage)
+  Tensor tOrV = thr_pv.partition_fragment_B(sVt);  // (MMA, MMA_N, MMA_K, stage)
+  Tensor tSrS = partition_fragment_C(mma_qk, select<0, 1>(typename Traits::TileShapeMNK{}));  // (MMA, MMA_M, MMA_N)
+  CUTE_STATIC_ASSERT_V(size<1>(tSrS) == _1{} && size<2>(tSrS) == _1{});
+  Tensor rP = make_tensor<Element>(tSrS.layout());                                  // (MMA, MMA_M, MMA_N)
+  Tensor tOrP = make_tensor(rP.data(), acc_layout_as_a_operand(rP.layout()));      // (MMA, MMA_M, MMA_K)
+
+  int const lane = thread_idx % 32;
+  uint32_t const sink_addr = cute::cast_smem_ptr_to_uint(&shared.row_sum_sink[thread_idx * 2]);
+  int const partial_tile = params.seqlen_k % kBlockN == 0 ? -1 : params.num_k_tiles - 1;
+  PingPong<Traits::kNumMmaWarpgroups> turn{thread_idx / 128};
+  turn.start();
+
+  // Consumers wait on barrier_q (armed by the producer) once, before the first QK^T.
+  shared.barrier_q.wait(0);
+
+  // First tile: S only. Wait on K[stage]'s full barrier, release it (empty barrier) once S is in registers.
+  typename Traits::PipelineState state;  // consumer side starts at phase 0
+  int n = tiles.next();
+  turn.wait_turn();
+  pipeline_k.consumer_wait(state);
+  wgmma_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_qk, tSrQ, tSrK(_, _, _, state.index()), tSrS);
+  turn.pass_turn();
+  warpgroup_wait<0>();
+  pipeline_k.consumer_release(state);
+  mask_partial_tile<kBlockN>(tSrS, n, partial_tile, params.seqlen_k, lane);
+  float correction[2];
+  softmax.step(tSrS, correction);  // O is still zero: nothing to rescale
+  copy(convert_fragment<Element>(tSrS), rP);
+  auto state_v = state;
+  ++state;
+
+  // One kept tile: S(n) = Q K(n)^T issued with O += P(n-1) V(n-1); softmax(S(n)) while the PV wgmma runs;
+  // then, once PV is done, O is rescaled and P(n) converted into the P registers.
+  auto step = [&](int n, auto const& tOrP_prev, auto& rP_out) {
+    // Wait for K[n] and V[n-1] (full barriers); issue both GEMMs in this warpgroup's turn.
+    // Both waits before the first wgmma: a wait loop between the two batches makes the compiler lose track
+    // of which batch wgmma.wait_group 1 retires, and it then waits for both before the softmax.
+    turn.wait_turn();
+    pipeline_k.consumer_wait(state);
+    pipeline_v.consumer_wait(state_v);
+    wgmma_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_qk, tSrQ, tSrK(_, _, _, state.index()), tSrS);
+    wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP_prev, tOrV(_, _, _, state_v.index()), tOrO);
+    turn.pass_turn();
+    warpgroup_wait<1>();  // S(n) landed; PV(n-1) may still run
+    pipeline_k.consumer_release(state);
+    mask_partial_tile<kBlockN>(tSrS, n, partial_tile, params.seqlen_k, lane);
+    softmax.step(tSrS, correction);
+    // The compiler sinks exp2's below the wait when nothing needs them earlier; a shared store of the row
+    // sums (which depend on every exp2) cannot move past wgmma.wait_group, so the softmax stays overlapped.
+    asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(sink_addr), "f"(softmax.row_sum[0]),
+                 "f"(softmax.row_sum[1]) : "memory");
+    warpgroup_wait<0>();  // PV(n-1) done: O and the P registers are free again
+    pipeline_v.consumer_release(state_v);
+    copy(convert_fragment<Element>(tSrS), rP_out);
+    CUTE_UNROLL
+    for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= correction[acc_row(i)];
+    state_v = state;
+    ++state;
+  };
+  auto last_pv = [&](auto const& tOrP_last) {
+    turn.wait_turn();
+    pipeline_v.consumer_wait(state_v);
+    wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP_last, tOrV(_, _, _, state_v.index()), tOrO);
+    turn.pass_turn();
+    warpgroup_wait<0>();
+    pipeline_v.consumer_release(state_v);
+  };
+
+  for (n = tiles.next(); n >= 0; n = tiles.next()) step(n, tOrP, rP);
+  last_pv(tOrP);
+  turn.finish();
+}
+
+template <class Traits, class Params, class TensorO>
+CUTE_DEVICE void consumer_mainloop(Params const& params, typename Traits::SharedStorage& shared,
+                                   typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
+                                   KeptTileIterator tiles, int thread_idx, TensorO& tOrO, OnlineSoftmax& softmax) {
+  if constexpr (LITEATTN_INTRA_WG_OVERLAP) {
+    consumer_mainloop_overlap<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO, softmax);
+  } else {
+    consumer_mainloop_serial<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO, softmax);
   }
 }
 
