@@ -155,3 +155,14 @@ def test_list_engines(capsys):
     assert main(["--list", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "reference  ok" in out and "fa3" in out
+
+
+def test_a_fault_that_breaks_the_device_stops_the_sweep_and_keeps_results(monkeypatch):
+    def faulty(self, problem):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(LiteEngine, "prepare", faulty)
+    payload = run(BenchConfig(engines=["math", "reference"], shapes=[parse_shape("2x64x16"), parse_shape("2x64x32")],
+                              sparsities=[0.0], **TINY))
+    assert [(r["engine"], r["status"]) for r in payload["results"]] == [("math", "ok"), ("reference", "failed")]
+    assert "stopped early" in payload["skipped_engines"]["(sweep)"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import sys
@@ -19,7 +20,11 @@ __all__ = ["BenchConfig", "Shape", "parse_shape", "run_sweep"]
 
 DEFAULT_SHAPES = ("1x12x32760x128", "1x24x32768x128", "1x40x75600x128", "1x24x32768x64")
 DEFAULT_SPARSITIES = (0.0, 0.5, 0.75, 0.9)
-DEFAULT_ENGINES = ("triton", "cuda", "fa3", "cudnn", "flash", "flex")
+# baselines first: a kernel that corrupts the CUDA context cannot take their numbers down with it
+DEFAULT_ENGINES = ("fa3", "cudnn", "flash", "flex", "triton", "cuda")
+# errors after which the CUDA context is unusable: the sweep stops and keeps what it has
+_FATAL_CUDA_ERRORS = ("illegal memory access", "unspecified launch failure", "device-side assert",
+                      "illegal instruction", "misaligned address")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 CHECK_TILES = 3  # query tiles (first, middle, last) checked against an fp32 masked attention
 
@@ -157,18 +162,24 @@ def run_sweep(config: BenchConfig) -> tuple[list[dict], dict[str, str]]:
     rows: list[dict] = []
     try:
         for shape in config.shapes:
-            rows += _run_shape(shape, points, engines, config, device, dtype, bar)
+            _run_shape(shape, points, engines, config, device, dtype, bar, rows)
+    except _SweepAborted as error:
+        skipped["(sweep)"] = f"stopped early: {error}"
+        _log(f"liteattn bench: sweep stopped early, {len(rows)} results kept: {error}")
     finally:
         bar.close()
     return rows, skipped
 
 
-def _run_shape(shape, points, engines, config, device, dtype, bar):
+class _SweepAborted(RuntimeError):
+    """The CUDA context is unusable (an engine faulted); nothing after this can run in this process."""
+
+
+def _run_shape(shape, points, engines, config, device, dtype, bar, rows):
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
     q, k, v = (torch.randn(shape.batch, shape.seq, shape.heads, shape.head_dim, generator=generator)
                .to(device=device, dtype=dtype) for _ in range(3))
     block_m, block_n = default_tile_shape(shape.head_dim)
-    rows = []
     for target, kind in points:
         keep = None
         if target > 0:
@@ -205,9 +216,11 @@ def _run_shape(shape, points, engines, config, device, dtype, bar):
                 fn = None
                 gc.collect()
                 if device.type == "cuda":
-                    torch.cuda.empty_cache()
+                    with contextlib.suppress(Exception):
+                        torch.cuda.empty_cache()
             if row["status"] != "ok":
                 _log(f"liteattn bench: {engine.name} at {shape} {kind} {target}: {row['status']}: {row['reason']}")
             rows.append(row)
             bar.update(1)
-    return rows
+            if row["status"] == "failed" and any(text in row["reason"].lower() for text in _FATAL_CUDA_ERRORS):
+                raise _SweepAborted(f"{engine.name} at {shape} {kind} {target}: {row['reason']}")
