@@ -12,9 +12,14 @@ t0=$(date +%s)
 python3 -m pip install --no-build-isolation --no-deps --target /tmp/pkg packages/liteattn-cuda > $OUT/cuda-pip-build.log 2>&1
 echo "pip rc=$? in $(( $(date +%s) - t0 )) s" | tee -a $OUT/cuda-pip-build.log
 ls /tmp/pkg/liteattn_cuda/ /tmp/pkg | head -20
+if [ ! -f /tmp/pkg/liteattn_cuda/_liteattn_cuda_C.so ]; then  # packaging failed: measure the kernel anyway
+  tail -30 $OUT/cuda-pip-build.log
+  python3 packages/liteattn-cuda/csrc/build_kernels.py /tmp/var/main > $OUT/cuda-build-main.log 2>&1
+  export LITEATTN_CUDA_LIB=/tmp/var/main/_liteattn_cuda_C.so PYTHONPATH=$PYTHONPATH:$PWD/packages/liteattn-cuda/src
+fi
 wait $VAR
 timeout 100 compute-sanitizer --tool memcheck python3 packages/liteattn-cuda/bench/memcheck_small.py 2>&1 | tail -5 | tee $OUT/cuda-memcheck.log
-(cd packages/liteattn-cuda/tests && timeout 120 python3 -m pytest -q -p no:cacheprovider . 2>&1 | tail -4) | tee $OUT/cuda-pytest.log
+(cd packages/liteattn-cuda/tests && timeout 120 python3 -m pytest -q -p no:cacheprovider test_gpu.py test_backend_cpu.py 2>&1 | tail -4) | tee $OUT/cuda-pytest.log
 timeout 330 python3 packages/liteattn-cuda/bench/gpu_check.py --out $OUT --tag cuda-final 2>&1 | tee $OUT/cuda-final.log | grep -v "^parity"
 LITEATTN_CUDA_LIB=/tmp/var/pp/_liteattn_cuda_C.so timeout 60 python3 packages/liteattn-cuda/bench/gpu_check.py --out $OUT \
   --tag cuda-pingpong --no-parity --no-flex --shapes 12,32760,128 --sparsities 0.5 2>&1 | tail -1
