@@ -42,12 +42,43 @@ def environment(device: torch.device, timer: str) -> dict:
             env[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             env[package] = None
+    env["git_commit"] = git_commit()
+    return env
+
+
+def git_commit(start: Path | None = None) -> str | None:
+    """Short commit hash of the checkout this file (or ``start``) lives in: through ``git`` when installed,
+    else read from ``.git`` directly (machines without git); ``LITEATTN_GIT_COMMIT`` overrides both."""
+    import os
+
+    if os.environ.get("LITEATTN_GIT_COMMIT"):
+        return os.environ["LITEATTN_GIT_COMMIT"]
+    here = (start or Path(__file__)).resolve().parent
     try:
-        env["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                           timeout=5, cwd=Path(__file__).parent).stdout.strip() or None
+        result = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=here)
+        if result.returncode == 0 and result.stdout.strip():
+            return result.stdout.strip()
     except Exception:
         pass
-    return env
+    for folder in (here, *here.parents):
+        git_dir = folder / ".git"
+        if not git_dir.is_dir():
+            continue
+        try:
+            head = (git_dir / "HEAD").read_text().strip()
+            if not head.startswith("ref: "):
+                return head[:7]
+            ref = head[5:]
+            if (git_dir / ref).exists():
+                return (git_dir / ref).read_text().strip()[:7]
+            for line in (git_dir / "packed-refs").read_text().splitlines():
+                if line.endswith(" " + ref):
+                    return line.split()[0][:7]
+        except OSError:
+            return None
+        return None
+    return None
 
 
 def add_ratios(rows: list[dict]) -> list[dict]:
