@@ -60,8 +60,8 @@ def _check(call, *, exact_bits=True, min_agreement=0.995):
     if call.use_int8:
         assert rel_error(out, ref_out) < 1e-2
     else:
-        keep = (torch.ones(call.batch, call.num_heads, call.q_tiles, call.k_tiles,
-                           dtype=torch.bool) if call.compute_bits is None
+        keep = (torch.ones(call.batch, call.num_heads, call.q_tiles, call.k_tiles, dtype=torch.bool,
+                           device=call.q.device) if call.compute_bits is None
                 else unpack_keep_mask(call.compute_bits, call.k_tiles))
         mask = _token_mask(keep, call.q_len, call.k_len, call.block_m, call.block_n)
         low, _ = masked_attention(call.q, call.k, call.v, call.scale, mask, upcast=False)

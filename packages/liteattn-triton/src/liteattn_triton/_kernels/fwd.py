@@ -134,7 +134,7 @@ def _attn_fwd_inner(
             words = words | tl.where(w_offs == j // 32, need_any << (j % 32), 0)
     # -- online softmax --
     m_new = tl.maximum(m_i, m_tile)
-    p = tl.math.exp2(qk * factor - m_new[:, None])
+    p = tl.math.exp2(tl.fma(qk, factor, -m_new[:, None]))  # one FMA per score, with or without fp fusion
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]

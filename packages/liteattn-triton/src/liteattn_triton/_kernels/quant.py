@@ -39,8 +39,9 @@ def _quantize_q(
     q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :],
                 mask=mask, other=0).to(tl.float32)
     amax = tl.max(tl.max(tl.abs(q), 1), 0)
-    scale = tl.where(amax > 0, amax / INT8_MAX, 1.0)
-    q8 = _round_half_even(q / scale)
+    # IEEE divisions (div_rn), as torch does: Triton's default fp32 '/' is approximate on GPUs
+    scale = tl.where(amax > 0, tl.math.div_rn(amax, INT8_MAX), 1.0)
+    q8 = _round_half_even(tl.math.div_rn(q, scale))
     q8 = tl.minimum(tl.maximum(q8, -127.0), 127.0).to(tl.int8)
     q8_ptrs = Q8 + ((b * Sq + offs_m[:, None]) * H + h) * HEAD_DIM + offs_d[None, :]
     tl.store(q8_ptrs, q8, mask=mask)
@@ -69,8 +70,8 @@ def _quantize_k(
     kmean = tl.load(KMean + bh * HEAD_DIM + offs_d, mask=offs_d < HEAD_DIM, other=0.0)
     k = tl.where(mask, k - kmean[None, :], 0.0)
     amax = tl.max(tl.max(tl.abs(k), 1), 0)
-    scale = tl.where(amax > 0, amax / INT8_MAX, 1.0)
-    k8 = _round_half_even(k / scale)
+    scale = tl.where(amax > 0, tl.math.div_rn(amax, INT8_MAX), 1.0)
+    k8 = _round_half_even(tl.math.div_rn(k, scale))
     k8 = tl.minimum(tl.maximum(k8, -127.0), 127.0).to(tl.int8)
     k8_ptrs = K8 + ((b * Sk + offs_n[:, None]) * Hkv + h) * HEAD_DIM + offs_d[None, :]
     tl.store(k8_ptrs, k8, mask=mask)
