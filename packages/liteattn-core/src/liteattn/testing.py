@@ -65,18 +65,11 @@ def random_keep_mask(batch: int, heads: int, q_tiles: int, k_tiles: int, sparsit
     (the diagonal kept, so that every row computes at least one tile)."""
     generator = torch.Generator().manual_seed(seed)
     keep_per_row = max(1, round((1.0 - sparsity) * k_tiles))
-    order = torch.rand(batch, heads, q_tiles, k_tiles, generator=generator).argsort(dim=-1)
-    mask = order < keep_per_row
-    if keep_diagonal:
-        diagonal = torch.arange(q_tiles) * k_tiles // max(q_tiles, 1)
-        rows = mask[..., torch.arange(q_tiles), diagonal]
-        if not rows.all():  # swap one dropped tile in for the diagonal to keep the count exact
-            mask[..., torch.arange(q_tiles), diagonal] = True
-            extra = mask.sum(-1, keepdim=True) - keep_per_row
-            ranks = torch.where(mask, order, -1).argsort(dim=-1, descending=True).argsort(dim=-1)
-            not_diag = torch.ones_like(mask)
-            not_diag[..., torch.arange(q_tiles), diagonal] = False
-            mask &= ~((ranks < extra) & not_diag)
+    priority = torch.rand(batch, heads, q_tiles, k_tiles, generator=generator)
+    if keep_diagonal:  # the diagonal tile ranks first in every row
+        priority[..., torch.arange(q_tiles), torch.arange(q_tiles) * k_tiles // max(q_tiles, 1)] = -1.0
+    rank = priority.argsort(dim=-1).argsort(dim=-1)
+    mask = rank < keep_per_row
     return mask.to(device)
 
 
