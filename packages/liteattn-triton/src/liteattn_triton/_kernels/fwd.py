@@ -186,7 +186,7 @@ def _attn_fwd_tile(
     if USE_DESC:
         q = Q.load([b, qt * BLOCK_M, h * HEAD_DIM]).reshape(BLOCK_M, D_PAD)
     else:
-        q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :]
+        q_ptrs = Q + b.to(tl.int64) * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :]
         if EVEN_M and D_PAD == HEAD_DIM:
             q = tl.load(q_ptrs)
         else:
@@ -195,8 +195,8 @@ def _attn_fwd_tile(
         K_base = K
         V_base = V
     else:
-        K_base = Kp + b * stride_kb + hk * stride_kh
-        V_base = Vp + b * stride_vb + hk * stride_vh
+        K_base = Kp + b.to(tl.int64) * stride_kb + hk * stride_kh
+        V_base = Vp + b.to(tl.int64) * stride_vb + hk * stride_vh
     if USE_INT8:
         q_scale = tl.load(QScale + tile_id)
         k_scale_row = KScale + (b * (H // GROUP) + hk) * KT
@@ -259,7 +259,7 @@ def _attn_fwd_tile(
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]
     lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * LN2)
-    o_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_os + offs_dv[None, :]
+    o_ptrs = Out + b.to(tl.int64) * stride_ob + h * stride_oh + offs_m[:, None] * stride_os + offs_dv[None, :]
     if EVEN_M and DV_PAD == HEAD_DIM_V:
         tl.store(o_ptrs, out.to(Out.dtype.element_ty))
     else:

@@ -36,14 +36,14 @@ def _quantize_q(
     offs_m = qt * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D_PAD)
     mask = (offs_m[:, None] < Sq) & (offs_d[None, :] < HEAD_DIM)
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :],
+    q = tl.load(Q + b.to(tl.int64) * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :],
                 mask=mask, other=0).to(tl.float32)
     amax = tl.max(tl.max(tl.abs(q), 1), 0)
     # IEEE divisions (div_rn), as torch does: Triton's default fp32 '/' is approximate on GPUs
     scale = tl.where(amax > 0, tl.math.div_rn(amax, INT8_MAX), 1.0)
     q8 = _round_half_even(tl.math.div_rn(q, scale))
     q8 = tl.minimum(tl.maximum(q8, -127.0), 127.0).to(tl.int8)
-    q8_ptrs = Q8 + ((b * Sq + offs_m[:, None]) * H + h) * HEAD_DIM + offs_d[None, :]
+    q8_ptrs = Q8 + ((b.to(tl.int64) * Sq + offs_m[:, None]) * H + h) * HEAD_DIM + offs_d[None, :]
     tl.store(q8_ptrs, q8, mask=mask)
     tl.store(QScale + bh * QT + qt, scale)
 
@@ -65,7 +65,7 @@ def _quantize_k(
     offs_n = kt * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D_PAD)
     mask = (offs_n[:, None] < Sk) & (offs_d[None, :] < HEAD_DIM)
-    k = tl.load(K + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_ks + offs_d[None, :],
+    k = tl.load(K + b.to(tl.int64) * stride_kb + h * stride_kh + offs_n[:, None] * stride_ks + offs_d[None, :],
                 mask=mask, other=0).to(tl.float32)
     kmean = tl.load(KMean + bh * HEAD_DIM + offs_d, mask=offs_d < HEAD_DIM, other=0.0)
     k = tl.where(mask, k - kmean[None, :], 0.0)
@@ -73,6 +73,6 @@ def _quantize_k(
     scale = tl.where(amax > 0, tl.math.div_rn(amax, INT8_MAX), 1.0)
     k8 = _round_half_even(tl.math.div_rn(k, scale))
     k8 = tl.minimum(tl.maximum(k8, -127.0), 127.0).to(tl.int8)
-    k8_ptrs = K8 + ((b * Sk + offs_n[:, None]) * Hkv + h) * HEAD_DIM + offs_d[None, :]
+    k8_ptrs = K8 + ((b.to(tl.int64) * Sk + offs_n[:, None]) * Hkv + h) * HEAD_DIM + offs_d[None, :]
     tl.store(k8_ptrs, k8, mask=mask)
     tl.store(KScale + bh * KT + kt, scale)
