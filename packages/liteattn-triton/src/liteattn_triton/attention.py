@@ -42,16 +42,18 @@ def _next_pow2(n: int) -> int:
 
 
 class _Scratch:
-    """Per-device transient buffers (compact keep lists), grown on demand and shared by all layers."""
+    """Per-device transient buffers (compact keep lists, votes), grown on demand and shared by all layers.
+
+    Calls on one device must not overlap on different streams (layers run one at a time)."""
 
     def __init__(self):
         self._buffers: dict[tuple[str, str], torch.Tensor] = {}
 
-    def get(self, name: str, numel: int, device: torch.device) -> torch.Tensor:
+    def get(self, name: str, numel: int, device: torch.device, dtype: torch.dtype = torch.int32) -> torch.Tensor:
         key = (name, str(device))
         buf = self._buffers.get(key)
         if buf is None or buf.numel() < numel:
-            buf = torch.empty(max(numel, 1), dtype=torch.int32, device=device)
+            buf = torch.empty(max(numel, 1), dtype=dtype, device=device)
             self._buffers[key] = buf
         return buf[:numel]
 
@@ -158,7 +160,7 @@ def triton_forward(call: AttentionCall, *, persistent: bool | None = None, skip_
     rows = batch * heads * q_tiles
     dense = call.compute_bits is None
     if dense:
-        count = index = work = torch.empty(1, dtype=torch.int32, device=device)
+        count = index = work = _SCRATCH.get("unused_i32", 1, device)
     else:
         count, index, work = _compact(call, rows, k_tiles, words)
 
@@ -167,13 +169,13 @@ def triton_forward(call: AttentionCall, *, persistent: bool | None = None, skip_
         q_in, k_in, q_scale, k_scale = _quantize(call, d_pad)
     else:
         q_in, k_in = q, k
-        q_scale = k_scale = torch.empty(1, dtype=torch.float32, device=device)
+        q_scale = k_scale = _SCRATCH.get("unused_f32", 1, device, torch.float32)
 
     wbits = call.write_bits
     if write and not wbits.is_contiguous():
         wbits = torch.empty(wbits.shape, dtype=torch.int32, device=device)
     if not write:
-        wbits_arg = torch.empty(1, dtype=torch.int32, device=device)
+        wbits_arg = _SCRATCH.get("unused_i32", 1, device)
     else:
         wbits_arg = wbits
     thresholds = call.thresholds.to(device=device, dtype=torch.float32).contiguous()
@@ -202,7 +204,7 @@ def triton_forward(call: AttentionCall, *, persistent: bool | None = None, skip_
         defer_vote = True  # the key loop holds the tile index as a vector: votes are reduced afterwards
     defer_vote = defer_vote and write
     votes = (_SCRATCH.get("votes", rows * words * bm, device) if defer_vote
-             else torch.empty(1, dtype=torch.int32, device=device))
+             else _SCRATCH.get("unused_i32", 1, device))
 
     cfg = configs.pick_config(dim, bm, bn, call.use_int8)
     stages = num_stages or (cfg.num_stages if dense else configs.keep_list_stages(cfg.num_stages))
