@@ -113,6 +113,7 @@ def test_skip_test_matches_scalar_walk(reverse):
 def test_int8_reference_error_is_small():
     q, k, v = video_qkv(frames=2, height=8, width=8, heads=2, head_dim=64)
     k = k + 3.0  # a shared channel offset, which the K smoothing removes
-    exact = liteattn.lite_attention(q, k, v)
-    quantised = liteattn.lite_attention(q, k, v, use_int8=True)
+    exact, exact_lse = liteattn.lite_attention(q, k, v, return_softmax_lse=True)
+    quantised, lse = liteattn.lite_attention(q, k, v, use_int8=True, return_softmax_lse=True)
     assert rel_error(quantised, exact) < 2e-2
+    assert_lse_close(lse, exact_lse, atol=5e-2)  # the LSE of the true scores, not of the smoothed ones

@@ -87,6 +87,8 @@ def run_attention(query, key, value, state: SkipState | None, *, threshold, scal
                          reverse, use_int8)
     chosen = select_backend(call, backend)
     out, lse = chosen.forward(call)
+    if use_int8:
+        lse = lse + _smoothing_offset(query, key, scale)
 
     if compute_bits is None:
         sparsity = 0.0
@@ -99,6 +101,17 @@ def run_attention(query, key, value, state: SkipState | None, *, threshold, scal
     if verbose_enabled():
         logger.info("liteattn %s: shape %s, sparsity %.3f", chosen.name, tuple(query.shape), sparsity)
     return out, lse, sparsity
+
+
+def _smoothing_offset(query, key, scale):
+    """``scale * q . mean(k)`` (B, H, Sq): what INT8's K smoothing removed from every score of a row.
+
+    Backends return the LSE of the smoothed scores; adding this back gives the LSE of the true scores, so
+    INT8 results merge with others through :func:`~liteattn.merge_attention`.
+    """
+    groups = query.shape[2] // key.shape[2]
+    mean_k = key.float().mean(dim=1).repeat_interleave(groups, dim=1)  # (B, H, D)
+    return torch.einsum("bqhd,bhd->bhq", query.float(), mean_k) * scale
 
 
 def _popcount(words: torch.Tensor) -> torch.Tensor:
