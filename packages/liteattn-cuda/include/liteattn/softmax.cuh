@@ -15,11 +15,19 @@ using namespace cute;
 CUTE_DEVICE int acc_row(int i) { return (i >> 1) & 1; }
 CUTE_DEVICE int acc_col(int i, int lane) { return 2 * (lane & 3) + (i & 1) + 8 * (i >> 2); }
 
+#ifndef LITEATTN_FAST_EXP2
+#define LITEATTN_FAST_EXP2 1
+#endif
+
 // MUFU.EX2 alone: exp2f adds range fix-ups for denormal results, which a probability can flush to 0.
 CUTE_DEVICE float fast_exp2(float x) {
+#if LITEATTN_FAST_EXP2
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
+#else
+  return exp2f(x);
+#endif
 }
 
 CUTE_DEVICE float quad_max(float x) {
