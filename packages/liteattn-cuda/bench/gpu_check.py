@@ -146,6 +146,11 @@ def timing(shapes, sparsities, use_flex):
         scale = 1 / math.sqrt(D)
         dense_est = flops_dense / 600e12 * 1e3
         rec("cuda_dense", bench_ms(lambda: fwd(q, k, v, out, lse, None, scale, bm, bn, False), dense_est))
+        # Same, with the in-kernel skip test writing the state (bookkeeping cost at 0% sparsity).
+        wbits = torch.empty(B, H, QT, -(-KT // 32), dtype=torch.int32, device="cuda")
+        thr = torch.full((H,), -5.0, device="cuda")
+        rec("cuda_dense_skiptest", bench_ms(lambda: fwd(q, k, v, out, lse, None, scale, bm, bn, False, wbits, thr),
+                                            dense_est))
         if fa3_fwd_interface is not None:
             rec("fa3", bench_ms(lambda: fa3_fwd_interface.flash_attn_func(q, k, v), dense_est))
         qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))

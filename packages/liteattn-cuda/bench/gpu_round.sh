@@ -32,6 +32,7 @@ for spec in $1; do
   if [ $first = 1 ] && [ -z "$NO_PARITY" ]; then
     timeout 100 compute-sanitizer --tool memcheck python3 packages/liteattn-cuda/bench/memcheck_small.py 2>&1 | tail -6 | tee $OUT/cuda-memcheck.log
     timeout 300 python3 packages/liteattn-cuda/bench/gpu_check.py --out $OUT --tag cuda-$name $2 2>&1 | tee $OUT/cuda-$name.log | grep -v "^parity"
+    (cd packages/liteattn-cuda/tests && timeout 120 python3 -m pytest -q -p no:cacheprovider test_gpu.py 2>&1 | tail -15) | tee $OUT/cuda-$name-pytest.log
   else
     timeout 300 python3 packages/liteattn-cuda/bench/gpu_check.py --out $OUT --tag cuda-$name --no-parity $2 2>&1 | tee $OUT/cuda-$name.log | grep -v "^parity"
   fi

@@ -16,6 +16,9 @@ for D, dt in ((128, torch.bfloat16), (64, torch.float16), (256, torch.bfloat16))
     keep[0, 0, 0] = False
     out = torch.empty_like(q)
     lse = torch.empty(B, H, Sq, device="cuda")
-    fwd(q, k, v, out, lse, pack_keep_mask(keep).cuda(), 1 / math.sqrt(D), 128, bn, True)
+    kt = -(-Sk // bn)
+    wbits = torch.empty(B, H, -(-Sq // 128), -(-kt // 32), dtype=torch.int32, device="cuda")
+    fwd(q, k, v, out, lse, pack_keep_mask(keep).cuda(), 1 / math.sqrt(D), 128, bn, True, wbits,
+        torch.full((H,), -2.0, device="cuda"))
     torch.cuda.synchronize()
     print("memcheck shape ok", D, dt, bool(torch.isfinite(out).all()))

@@ -28,7 +28,8 @@ void check_bshd(Tensor const& t, char const* name, int64_t batch, int64_t heads_
   (void)heads_div;
 }
 
-void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, std::optional<Tensor> compute_bits, double scale,
+void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, std::optional<Tensor> compute_bits,
+         std::optional<Tensor> write_bits, std::optional<Tensor> thresholds, double scale,
          int64_t block_m, int64_t block_n, bool reverse, int64_t stream) {
   STD_TORCH_CHECK(q.dim() == 4, "q must be 4-D (B, Sq, H, D), got ", q.dim(), " dims");
   int64_t const B = q.size(0), Sq = q.size(1), H = q.size(2), D = q.size(3);
@@ -59,6 +60,22 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, std::optional<Ten
                     ", ", W, ")");
     bits = static_cast<int32_t const*>(cb.data_ptr());
   }
+  int32_t* wbits = nullptr;
+  float const* thr = nullptr;
+  if (write_bits.has_value()) {
+    Tensor const& wb = *write_bits;
+    STD_TORCH_CHECK(wb.is_cuda() && wb.scalar_type() == ScalarType::Int && wb.is_contiguous() && wb.dim() == 4 &&
+                        wb.size(0) == B && wb.size(1) == H && wb.size(2) == QT && wb.size(3) == W,
+                    "write_bits must be a contiguous int32 CUDA tensor (B, H, QT, W) = (", B, ", ", H, ", ", QT,
+                    ", ", W, ")");
+    STD_TORCH_CHECK(thresholds.has_value(), "thresholds are needed with write_bits");
+    Tensor const& th = *thresholds;
+    STD_TORCH_CHECK(th.is_cuda() && th.scalar_type() == ScalarType::Float && th.is_contiguous() && th.dim() == 1 &&
+                        th.size(0) == H,
+                    "thresholds must be a contiguous float32 CUDA tensor (H,) = (", H, ",)");
+    wbits = static_cast<int32_t*>(wb.data_ptr());
+    thr = static_cast<float const*>(th.data_ptr());
+  }
   liteattn::FwdArgs args{};
   args.q = q.data_ptr();
   args.k = k.data_ptr();
@@ -66,6 +83,8 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, std::optional<Ten
   args.out = out.data_ptr();
   args.lse = static_cast<float*>(lse.data_ptr());
   args.compute_bits = bits;
+  args.write_bits = wbits;
+  args.thresholds = thr;
   for (int i = 0; i < 3; ++i) {
     args.q_stride[i] = q.stride(i);
     args.k_stride[i] = k.stride(i);
@@ -85,13 +104,15 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, std::optional<Ten
   args.dtype = q.scalar_type() == ScalarType::BFloat16 ? liteattn::DType::kBFloat16 : liteattn::DType::kFloat16;
   int const err = liteattn::fwd_sm90(args, reinterpret_cast<void*>(stream));
   STD_TORCH_CHECK(err != -1, "liteattn_cuda: no kernel for head dim ", D, " with tiles (", block_m, ", ", block_n, ")");
+  STD_TORCH_CHECK(err != -2, "liteattn_cuda: write_bits rows of ", W, " words exceed the kernel's 256");
   STD_TORCH_CHECK(err == 0, "liteattn_cuda: kernel launch failed with CUDA error ", err);
 }
 
 }  // namespace
 
 STABLE_TORCH_LIBRARY(liteattn_cuda, m) {
-  m.def("fwd(Tensor q, Tensor k, Tensor v, Tensor(a!) out, Tensor(b!) lse, Tensor? compute_bits, float scale, "
+  m.def("fwd(Tensor q, Tensor k, Tensor v, Tensor(a!) out, Tensor(b!) lse, Tensor? compute_bits, Tensor(c!)? write_bits, "
+        "Tensor? thresholds, float scale, "
         "int block_m, int block_n, bool reverse, int stream) -> ()");
 }
 

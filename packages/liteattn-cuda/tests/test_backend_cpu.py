@@ -33,7 +33,7 @@ def test_capabilities():
     assert caps.dtypes == frozenset({torch.float16, torch.bfloat16})
     assert caps.head_dims == frozenset({64, 128, 256})
     assert caps.int8 is False
-    assert caps.writes_state is False  # no in-kernel skip test yet
+    assert caps.writes_state is True  # the skip test runs in the kernel
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only answer")
@@ -46,7 +46,6 @@ def test_unavailable_without_cuda():
     ("kwargs", "needle"),
     [
         ({"use_int8": True}, "int8"),
-        ({"write_bits": torch.zeros(1, 4, 2, 1, dtype=torch.int32)}, "write_bits"),
         ({"dtype": torch.float32}, "dtype"),
         ({"D": 96}, "head dim 96"),
         ({"D": 128, "Dv": 64}, "v head dim"),
@@ -58,6 +57,16 @@ def test_unavailable_without_cuda():
 def test_unsupported_reasons(kwargs, needle):
     reason = CudaBackend().unsupported_reason(make_call(**kwargs))
     assert reason is not None and needle in reason, reason
+
+
+def test_write_bits_accepted_until_too_long():
+    backend = CudaBackend()
+    call = make_call(write_bits=torch.zeros(1, 4, 2, 1, dtype=torch.int32))
+    assert "CUDA device" in backend.unsupported_reason(call)  # only the device is wrong here
+    q = torch.randn(1, 128, 1, 64, dtype=torch.bfloat16)
+    k = torch.empty(1, 8193 * 128, 1, 64, dtype=torch.bfloat16)  # 8193 key tiles: 257 words
+    long_call = AttentionCall(q, k, k, 0.125, torch.zeros(1), 128, 128, write_bits=torch.zeros(1, 1, 1, 257, dtype=torch.int32))
+    assert "key tiles" in backend.unsupported_reason(long_call)
 
 
 def test_missing_library_reported(monkeypatch, tmp_path):

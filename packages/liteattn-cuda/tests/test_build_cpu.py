@@ -99,4 +99,5 @@ def test_stable_abi_op_registers_and_checks(tmp_path):
         torch.ops.load_library(str(lib))
     q = torch.randn(1, 16, 2, 64, dtype=torch.bfloat16)
     with pytest.raises((RuntimeError, NotImplementedError)):
-        torch.ops.liteattn_cuda.fwd(q, q, q, q.clone(), torch.empty(1, 2, 16), None, 0.125, 128, 128, False, 0)
+        torch.ops.liteattn_cuda.fwd(q, q, q, q.clone(), torch.empty(1, 2, 16), None, None, None, 0.125, 128, 128,
+                                    False, 0)

@@ -7,7 +7,8 @@ import torch
 from liteattn.backend import AttentionCall
 from liteattn.reference import masked_attention, reference_forward
 from liteattn.skip_state import pack_keep_mask
-from liteattn.testing import assert_lse_close, assert_parity, random_keep_mask
+from liteattn.skip_state import unpack_keep_mask
+from liteattn.testing import assert_lse_close, assert_parity, random_keep_mask, tile_agreement
 from liteattn.tiles import default_tile_shape
 
 from conftest import requires_sm90
@@ -52,3 +53,31 @@ def test_parity(case):
     low_out, _ = masked_attention(q, k, v, call.scale, token_mask, upcast=False)
     assert_parity("out", out, low_out, gold_out)
     assert_lse_close(lse, gold_lse)
+
+
+@pytest.mark.parametrize("case", CASES[1:5], ids=lambda c: "-".join(str(x) for x in c))
+def test_skip_test_matches_reference(case):
+    B, Sq, Sk, H, Hkv, D, dtype, sparsity, reverse = case
+    from liteattn_cuda import CudaBackend
+
+    backend = CudaBackend()
+    if backend.unavailable_reason():
+        pytest.skip(backend.unavailable_reason())
+    torch.manual_seed(1)
+    q = torch.randn(B, Sq, H, D, device="cuda", dtype=dtype)
+    k = torch.randn(B, Sk, Hkv, D, device="cuda", dtype=dtype)
+    v = torch.randn(B, Sk, Hkv, D, device="cuda", dtype=dtype)
+    bm, bn = default_tile_shape(D)
+    QT, KT = -(-Sq // bm), -(-Sk // bn)
+    keep = random_keep_mask(B, H, QT, KT, sparsity, seed=2)
+    keep[0, 0, 0] = False
+    bits = pack_keep_mask(keep).cuda()
+    thresholds = torch.linspace(-3.0, 0.5, H, device="cuda")
+    ours = torch.full_like(bits, 0x5A5A5A5A)
+    ref = torch.full_like(bits, 0x5A5A5A5A)
+    mk = lambda wb: AttentionCall(q, k, v, 1 / math.sqrt(D), thresholds, bm, bn, bits, wb, reverse)  # noqa: E731
+    backend.forward(mk(ours))
+    reference_forward(mk(ref))
+    assert tile_agreement(ours, ref, KT) >= 0.995
+    # Never a tile that was not computed, and the first visited tile of every computed row is needed.
+    assert not (unpack_keep_mask(ours, KT) & ~keep.cuda()).any()

@@ -15,6 +15,8 @@ struct FwdArgs {
   void* out;                     // (B, Sq, H, D)
   float* lse;                    // (B, H, Sq), contiguous
   int32_t const* compute_bits;   // (B, H, QT, W), contiguous, or nullptr = every key tile
+  int32_t* write_bits;           // (B, H, QT, W), contiguous, or nullptr = no skip test
+  float const* thresholds;       // (H,) log2 units; read only with write_bits
   int64_t q_stride[3];
   int64_t k_stride[3];
   int64_t v_stride[3];
@@ -26,7 +28,8 @@ struct FwdArgs {
   DType dtype;
 };
 
-// Returns 0 on success, otherwise a cudaError_t value (or -1 for an unsupported configuration).
+// Returns 0 on success, otherwise a cudaError_t value, -1 for an unsupported configuration, or -2 when
+// write_bits rows are longer than the kernel's shared bitmask (kMaxSkipWords).
 int fwd_sm90(FwdArgs const& args, void* stream);
 
 // Head dims compiled into this build, as a 0-terminated list.

@@ -22,6 +22,8 @@ struct KernelParams {
   int64_t out_stride_b, out_stride_s, out_stride_h;
   float* lse;                   // (B, H, Sq)
   int32_t const* compute_bits;  // (B, H, QT, W) or nullptr
+  int32_t* write_bits;          // (B, H, QT, W) or nullptr
+  float const* thresholds;      // (H,), log2 units
   int seqlen_q, seqlen_k, num_heads, head_ratio;
   int num_q_tiles, num_k_tiles, num_words;
   float scale, scale_log2;
@@ -76,9 +78,24 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     Tensor tOrO = partition_fragment_C(mma_pv, select<0, 1>(typename Traits::TileShapePV{}));  // (MMA, MMA_M, MMA_N)
     clear(tOrO);
     OnlineSoftmax softmax(params.scale_log2);
+    // Skip test: a row votes only if it is a real query row (rows of this thread as in the epilogue).
+    int const row0 = work.m_block * Traits::kBlockM + (thread_idx / 128) * 64 + ((thread_idx % 128) / 32) * 16 +
+                     (thread_idx % 32) / 4;
+    SkipTestWriter<Traits::kNumMmaThreads> skip{
+        shared.skip_words,
+        params.write_bits == nullptr
+            ? nullptr
+            : params.write_bits + ((int64_t(work.batch) * params.num_heads + work.head) * params.num_q_tiles +
+                                   work.m_block) * params.num_words,
+        params.num_words,
+        params.write_bits == nullptr ? 0.f : __ldg(params.thresholds + work.head),
+        params.scale_log2,
+        {row0 < params.seqlen_q, row0 + 8 < params.seqlen_q}};
+    skip.begin(thread_idx);
     if (num_kept > 0) {
-      consumer_mainloop<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO, softmax);
+      consumer_mainloop<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO, softmax, skip);
     }
+    skip.end(thread_idx);
     epilogue_store<Traits>(params, work, thread_idx, tOrO, softmax);
   }
 }

@@ -11,6 +11,8 @@
 #include <cutlass/numeric_conversion.h>
 #include <cutlass/pipeline/pipeline.hpp>
 
+#include "skip_test.cuh"
+
 namespace liteattn {
 
 using namespace cute;
@@ -84,6 +86,7 @@ struct KernelTraits {
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutV>> smem_v;
     // Write-only sink for the row sums (see consumer_mainloop): pins the softmax before wgmma.wait_group 0.
     alignas(16) float row_sum_sink[kNumMmaThreads * 2];
+    alignas(16) uint32_t skip_words[kMaxSkipWords];  // this CTA's write_bits row while the loop runs
     alignas(16) cutlass::arch::ClusterTransactionBarrier barrier_q;
     typename Pipeline::SharedStorage pipeline_k;
     typename Pipeline::SharedStorage pipeline_v;

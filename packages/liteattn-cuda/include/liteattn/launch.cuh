@@ -32,6 +32,8 @@ int run_fwd_hdim(FwdArgs const& args, cudaStream_t stream) {
       args.out_stride[0], args.out_stride[1], args.out_stride[2],
       args.lse,
       args.compute_bits,
+      args.write_bits,
+      args.thresholds,
       args.seqlen_q, args.seqlen_k, args.num_heads, args.num_heads / args.num_heads_kv,
       (args.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM,
       (args.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN,
@@ -41,6 +43,7 @@ int run_fwd_hdim(FwdArgs const& args, cudaStream_t stream) {
       args.reverse,
   };
 
+  if (args.write_bits != nullptr && params.num_words > kMaxSkipWords) return -2;
   auto kernel = &fwd_kernel_sm90<Traits>;
   constexpr int smem = Traits::kSmemBytes;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);

@@ -85,11 +85,11 @@ CUTE_DEVICE void mask_partial_tile(TensorS& tSrS, int n, int partial_tile, int s
 #endif
 
 // Simple loop: each consumer warpgroup waits for every wgmma before using its result.
-template <class Traits, class Params, class TensorO>
+template <class Traits, class Params, class TensorO, class SkipWriter>
 CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits::SharedStorage& shared,
                                           typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
                                           KeptTileIterator tiles, int thread_idx, TensorO& tOrO,
-                                          OnlineSoftmax& softmax) {
+                                          OnlineSoftmax& softmax, SkipWriter const& skip) {
   using Element = typename Traits::Element;
   constexpr int kBlockN = Traits::kBlockN;
   Tensor sQ = make_tensor(make_smem_ptr(shared.smem_q.data()), typename Traits::SmemLayoutQ{});    // (BM, D)
@@ -129,6 +129,7 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
     }
     float correction[2];
     softmax.step(tSrS, correction);
+    skip.vote(n, softmax, lane);
     CUTE_UNROLL
     for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= correction[acc_row(i)];
     Tensor rP = convert_fragment<Element>(tSrS);                                        // (MMA, MMA_M, MMA_N)
@@ -147,10 +148,11 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
 // Runs the whole key loop for this CTA's query tile (at least one kept tile); leaves the unnormalised O in tOrO.
 // Software-pipelined inside the warpgroup: S(n) = Q K(n)^T is issued together with O += P(n-1) V(n-1), and the
 // softmax of S(n) runs while the PV wgmma is still in flight.
-template <class Traits, class Params, class TensorO>
+template <class Traits, class Params, class TensorO, class SkipWriter>
 CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits::SharedStorage& shared,
                                    typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
-                                   KeptTileIterator tiles, int thread_idx, TensorO& tOrO, OnlineSoftmax& softmax) {
+                                   KeptTileIterator tiles, int thread_idx, TensorO& tOrO, OnlineSoftmax& softmax,
+                                   SkipWriter const& skip) {
   using Element = typename Traits::Element;
   constexpr int kBlockN = Traits::kBlockN;
   Tensor sQ = make_tensor(make_smem_ptr(shared.smem_q.data()), typename Traits::SmemLayoutQ{});    // (BM, D)
@@ -190,6 +192,7 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
   mask_partial_tile<kBlockN>(tSrS, n, partial_tile, params.seqlen_k, lane);
   float correction[2];
   softmax.step(tSrS, correction);  // O is still zero: nothing to rescale
+  skip.vote(n, softmax, lane);
   copy(convert_fragment<Element>(tSrS), rP);
   auto state_v = state;
   ++state;
@@ -210,6 +213,7 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
     pipeline_k.consumer_release(state);
     mask_partial_tile<kBlockN>(tSrS, n, partial_tile, params.seqlen_k, lane);
     softmax.step(tSrS, correction);
+    skip.vote(n, softmax, lane);
     // The compiler sinks exp2's below the wait when nothing needs them earlier; a shared store of the row
     // sums (which depend on every exp2) cannot move past wgmma.wait_group, so the softmax stays overlapped.
     asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(sink_addr), "f"(softmax.row_sum[0]),
@@ -236,14 +240,15 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
   turn.finish();
 }
 
-template <class Traits, class Params, class TensorO>
+template <class Traits, class Params, class TensorO, class SkipWriter>
 CUTE_DEVICE void consumer_mainloop(Params const& params, typename Traits::SharedStorage& shared,
                                    typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
-                                   KeptTileIterator tiles, int thread_idx, TensorO& tOrO, OnlineSoftmax& softmax) {
+                                   KeptTileIterator tiles, int thread_idx, TensorO& tOrO, OnlineSoftmax& softmax,
+                                   SkipWriter const& skip) {
   if constexpr (LITEATTN_INTRA_WG_OVERLAP) {
-    consumer_mainloop_overlap<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO, softmax);
+    consumer_mainloop_overlap<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO, softmax, skip);
   } else {
-    consumer_mainloop_serial<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO, softmax);
+    consumer_mainloop_serial<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO, softmax, skip);
   }
 }
 

@@ -40,9 +40,11 @@ CUTE_DEVICE float quad_sum(float x) {
 }
 
 struct OnlineSoftmax {
-  float row_max[2];  // running max of the raw scores q.k (unscaled)
-  float row_sum[2];  // this thread's partial sum of exp2; reduced over the quad once, at the end
-  float scale_log2;  // softmax scale * log2(e)
+  float row_max[2];   // running max of the raw scores q.k (unscaled)
+  float row_sum[2];   // this thread's partial sum of exp2; reduced over the quad once, at the end
+  float scale_log2;   // softmax scale * log2(e)
+  float tile_max[2];  // max raw score of the last tile (quad-reduced), for the skip test
+  float prev_max[2];  // running max before the last tile (-inf before the first), for the skip test
 
   CUTE_DEVICE explicit OnlineSoftmax(float scale_log2_) : scale_log2(scale_log2_) {
     row_max[0] = row_max[1] = -INFINITY;
@@ -54,13 +56,16 @@ struct OnlineSoftmax {
   template <class TensorS>
   CUTE_DEVICE void step(TensorS& tSrS, float (&correction)[2]) {
     constexpr int N = decltype(size(tSrS))::value;
-    float new_max[2] = {row_max[0], row_max[1]};
+    tile_max[0] = tile_max[1] = -INFINITY;
     CUTE_UNROLL
-    for (int i = 0; i < N; ++i) new_max[acc_row(i)] = fmaxf(new_max[acc_row(i)], tSrS(i));
+    for (int i = 0; i < N; ++i) tile_max[acc_row(i)] = fmaxf(tile_max[acc_row(i)], tSrS(i));
+    float new_max[2];
     CUTE_UNROLL
     for (int r = 0; r < 2; ++r) {
-      new_max[r] = quad_max(new_max[r]);
+      tile_max[r] = quad_max(tile_max[r]);
+      prev_max[r] = row_max[r];
       // Every kept key tile has at least one valid key, so new_max is finite after the first tile.
+      new_max[r] = fmaxf(row_max[r], tile_max[r]);
       correction[r] = exp2f((row_max[r] - new_max[r]) * scale_log2);
       row_max[r] = new_max[r];
       row_sum[r] *= correction[r];

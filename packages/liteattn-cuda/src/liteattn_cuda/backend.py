@@ -12,13 +12,14 @@ from . import _ops
 
 HEAD_DIMS = frozenset({64, 128, 256})
 DTYPES = frozenset({torch.float16, torch.bfloat16})
+MAX_WRITE_WORDS = 256  # kMaxSkipWords in include/liteattn/skip_test.cuh
 
 
 class CudaBackend:
     """Warp-specialised wgmma + TMA forward on Hopper; computes only the key tiles ``compute_bits`` keeps.
 
-    Part 1 of the engine: it does not run the skip test, so it declares ``writes_state=False`` and refuses
-    calls that ask for ``write_bits``.
+    With ``write_bits`` it also runs the skip test of the contract inside the kernel (per computed tile, the
+    row-wise ``m_tile - m_run > threshold`` vote, OR-ed over the query tile) and writes every word of every row.
     """
 
     name = "cuda"
@@ -26,7 +27,7 @@ class CudaBackend:
 
     def capabilities(self) -> Capabilities:
         return Capabilities(devices=frozenset({"cuda"}), dtypes=DTYPES, head_dims=HEAD_DIMS, int8=False,
-                            writes_state=False)
+                            writes_state=True)
 
     def unavailable_reason(self) -> str | None:
         if not torch.cuda.is_available():
@@ -40,8 +41,8 @@ class CudaBackend:
         q, k, v = call.q, call.k, call.v
         if call.use_int8:
             return "int8 Q/K is not implemented in the cuda backend"
-        if call.write_bits is not None:
-            return "the cuda backend does not run the skip test (write_bits must be None)"
+        if call.write_bits is not None and -(-call.k_tiles // 32) > MAX_WRITE_WORDS:
+            return f"write_bits rows of more than {MAX_WRITE_WORDS * 32} key tiles are not supported"
         if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
             return f"dtype {q.dtype} (q), {k.dtype} (k), {v.dtype} (v): need one of float16/bfloat16 for all"
         if q.shape[-1] not in HEAD_DIMS:
@@ -68,9 +69,20 @@ class CudaBackend:
         if out.numel() == 0 or k.shape[1] == 0:  # nothing to launch: every row is empty
             out.zero_()
             lse.fill_(-math.inf)
+            if call.write_bits is not None:  # nothing computed, so no tile is needed
+                call.write_bits.zero_()
             return out, lse
         bits = call.compute_bits
         if bits is not None:
             bits = bits.to(device=q.device, dtype=torch.int32).contiguous()
-        _ops.fwd(q, k, v, out, lse, bits, call.scale, call.block_m, call.block_n, call.reverse)
+        write = call.write_bits
+        if write is None:
+            _ops.fwd(q, k, v, out, lse, bits, call.scale, call.block_m, call.block_n, call.reverse)
+            return out, lse
+        staging = write if (write.is_contiguous() and write.dtype == torch.int32 and write.device == q.device) \
+            else torch.empty(write.shape, dtype=torch.int32, device=q.device)
+        thresholds = call.thresholds.to(device=q.device, dtype=torch.float32).contiguous()
+        _ops.fwd(q, k, v, out, lse, bits, call.scale, call.block_m, call.block_n, call.reverse, staging, thresholds)
+        if staging is not write:
+            write.copy_(staging)
         return out, lse
