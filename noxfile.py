@@ -84,7 +84,7 @@ def gpu(session: nox.Session) -> None:
     for name in _present(session):
         session.run("python", "-m", "pytest", f"packages/{name}/tests", "-m", "gpu", "-q", "-rs",
                     f"--junitxml={out}/gpu-tests-{name}.xml", success_codes=[0, 5], external=True)
-    session.run("python", "bench/parity.py", "--json", str(out / "parity.json"), external=True)
+    session.run("python", "bench/parity.py", "--steps", "4", "--json", str(out / "parity.json"), external=True)
     if "--no-bench" not in session.posargs and (ROOT / "bench" / "harness.py").exists():
         session.run("python", "bench/harness.py", "--out", str(out), external=True)
 
