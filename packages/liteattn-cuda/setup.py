@@ -26,7 +26,9 @@ class BuildPyWithKernels(build_py):
         import build_kernels
 
         lib = build_kernels.build(ROOT / "build" / "ninja")
-        dest = Path(self.build_lib) / "liteattn_cuda" / lib.name
+        # An editable install imports from src/, so the library goes there instead of into build_lib.
+        package_dir = ROOT / "src" if getattr(self, "editable_mode", False) else Path(self.build_lib)
+        dest = package_dir / "liteattn_cuda" / lib.name
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(lib, dest)
 

@@ -108,12 +108,18 @@ def bench_ms(fn, est_ms=None, target_ms=1500.0):
         fn()
     torch.cuda.synchronize()
     if est_ms is None:
-        t0 = time.perf_counter(); fn(); torch.cuda.synchronize(); est_ms = (time.perf_counter() - t0) * 1e3
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        est_ms = (time.perf_counter() - t0) * 1e3
     iters = int(min(100, max(5, target_ms / max(est_ms, 1e-3))))
     times = []
     for _ in range(iters):
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record(); fn(); e.record(); e.synchronize()
+        s.record()
+        fn()
+        e.record()
+        e.synchronize()
         times.append(s.elapsed_time(e))
     return statistics.median(times), min(times), max(times)
 
@@ -169,12 +175,14 @@ def timing(shapes, sparsities, use_flex):
             if flex is not None and S <= 32768 and D == 128:
                 try:
                     kv_num = keep.sum(-1).to(torch.int32).cuda()
-                    kv_idx = torch.argsort(keep.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32).cuda()
+                    kv_idx = torch.argsort(keep.to(torch.int8), dim=-1, descending=True, stable=True)
+                    kv_idx = kv_idx.to(torch.int32).cuda()
                     # Kept tiles passed as "full" blocks: Flex skips its per-element mask_mod on them,
                     # the fastest form of this mask it has.
                     bmask = BlockMask.from_kv_blocks(torch.zeros_like(kv_num), kv_idx, kv_num, kv_idx,
                                                      BLOCK_SIZE=(bm, bn), seq_lengths=(S, S))
-                    rec(f"flex_s{int(sp * 100)}", bench_ms(lambda: flex(qt, kt, vt, block_mask=bmask), dense_est * frac),
+                    rec(f"flex_s{int(sp * 100)}",
+                        bench_ms(lambda: flex(qt, kt, vt, block_mask=bmask), dense_est * frac),
                         frac)
                 except Exception as exc:
                     log("flex failed:", type(exc).__name__, str(exc)[:300])

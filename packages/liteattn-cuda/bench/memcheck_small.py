@@ -2,6 +2,7 @@
 import math
 
 import torch
+
 from liteattn.skip_state import pack_keep_mask
 from liteattn_cuda import fwd
 

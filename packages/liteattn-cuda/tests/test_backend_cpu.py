@@ -5,9 +5,9 @@ from importlib.metadata import entry_points
 
 import pytest
 import torch
-from liteattn.backend import AttentionCall
 
 import liteattn_cuda
+from liteattn.backend import AttentionCall
 from liteattn_cuda import CudaBackend, _ops
 
 
@@ -65,7 +65,8 @@ def test_write_bits_accepted_until_too_long():
     assert "CUDA device" in backend.unsupported_reason(call)  # only the device is wrong here
     q = torch.randn(1, 128, 1, 64, dtype=torch.bfloat16)
     k = torch.empty(1, 8193 * 128, 1, 64, dtype=torch.bfloat16)  # 8193 key tiles: 257 words
-    long_call = AttentionCall(q, k, k, 0.125, torch.zeros(1), 128, 128, write_bits=torch.zeros(1, 1, 1, 257, dtype=torch.int32))
+    long_call = AttentionCall(q, k, k, 0.125, torch.zeros(1), 128, 128,
+                              write_bits=torch.zeros(1, 1, 1, 257, dtype=torch.int32))
     assert "key tiles" in backend.unsupported_reason(long_call)
 
 

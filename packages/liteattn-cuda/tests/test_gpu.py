@@ -4,10 +4,10 @@ import math
 
 import pytest
 import torch
+
 from liteattn.backend import AttentionCall
 from liteattn.reference import masked_attention, reference_forward
-from liteattn.skip_state import pack_keep_mask
-from liteattn.skip_state import unpack_keep_mask
+from liteattn.skip_state import pack_keep_mask, unpack_keep_mask
 from liteattn.testing import assert_lse_close, assert_parity, random_keep_mask, tile_agreement
 from liteattn.tiles import default_tile_shape
 

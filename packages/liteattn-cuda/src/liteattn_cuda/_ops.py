@@ -45,5 +45,6 @@ def fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, ls
         raise RuntimeError(reason)
     with torch.cuda.device(q.device):
         stream = torch.cuda.current_stream(q.device).cuda_stream
-        torch.ops.liteattn_cuda.fwd(q, k, v, out, lse, compute_bits, write_bits, thresholds, float(scale), int(block_m), int(block_n),
+        torch.ops.liteattn_cuda.fwd(q, k, v, out, lse, compute_bits, write_bits, thresholds, float(scale),
+                                    int(block_m), int(block_n),
                                     bool(reverse), int(stream))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+
 from liteattn.backend import AttentionCall, Capabilities
 from liteattn.tiles import default_tile_shape
 
