@@ -12,16 +12,6 @@ from liteattn.bench import BenchConfig, main, parse_shape, run
 from liteattn.bench.engines import LiteEngine
 from liteattn.bench.masks import flex_block_mask, keep_mask, mask_sparsity, video_dims
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny ops on many threads thrash a shared 2-core machine; one thread is several times faster here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 TINY = dict(device="cpu", warmup_ms=1.0, rep_ms=2.0, progress=False, dtype="fp32")
 
 

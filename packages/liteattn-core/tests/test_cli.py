@@ -3,18 +3,8 @@
 from importlib.metadata import EntryPoint
 
 import pytest
-import torch
 
 from liteattn import cli
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny ops on many threads thrash a shared 2-core machine; one thread is several times faster here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_help_lists_builtin_commands(capsys):

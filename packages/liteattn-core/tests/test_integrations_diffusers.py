@@ -12,16 +12,6 @@ diffusers = pytest.importorskip("diffusers")
 
 from liteattn.integrations.diffusers import Target, enable_liteattn  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny ops on many threads thrash a shared 2-core machine; one thread is several times faster here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 FP32_ATOL = 2e-5
 
 

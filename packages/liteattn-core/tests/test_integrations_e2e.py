@@ -5,21 +5,11 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("diffusers")
 
 from liteattn import cli  # noqa: E402
 from liteattn.integrations.e2e import psnr, run_e2e, ssim, tiny_wan_pipeline  # noqa: E402
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny ops on many threads thrash a shared 2-core machine; one thread is several times faster here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_psnr_and_ssim():

@@ -39,7 +39,9 @@ def test_bad_options(kwargs, message):
 
 def test_positive_threshold_allowed_in_debug(monkeypatch):
     monkeypatch.setenv("LITEATTN_DEBUG", "1")
-    liteattn.lite_attention(Q, Q, Q, liteattn.SkipState(), threshold=2.0)
+    state = liteattn.SkipState()
+    liteattn.lite_attention(Q, Q, Q, state, threshold=2.0)
+    assert state.call_count == 1
 
 
 def test_module_checks_threshold_at_construction():
