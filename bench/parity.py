@@ -9,7 +9,6 @@ skipped with the reason.
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import json
 import math
@@ -29,7 +28,7 @@ def run_case(backend: str, dtype: torch.dtype, head_dim: int, grid: tuple[int, i
     for step in range(steps):
         q, k, v = video_qkv(1, *grid, heads=4, kv_heads=2, head_dim=head_dim, step=step, num_steps=steps,
                             dtype=dtype, device=device, seed=step)
-        ref_state = copy.deepcopy(state)
+        ref_state = state.clone()
         out, lse = liteattn.lite_attention(q, k, v, state, threshold=-8.0, backend=backend, return_softmax_lse=True)
         ref, ref_lse = liteattn.lite_attention(q.float(), k.float(), v.float(), ref_state, threshold=-8.0,
                                                backend="reference", return_softmax_lse=True)

@@ -34,3 +34,13 @@ def test_state_views_agree():
     assert torch.equal(dense[:, :, ::32, ::32], keep)
     assert abs(state.sparsity() - (1 - keep.float().mean().item())) < 1e-9
     assert "32x32" in str(state) and "descending" in str(state)
+
+
+def test_clone_is_independent():
+    q = torch.randn(1, 100, 2, 32)
+    state = liteattn.SkipState(32, 32)
+    liteattn.lite_attention(q, q, q, state, threshold=-1.0)
+    copy = state.clone()
+    liteattn.lite_attention(torch.randn_like(q), q, q, copy, threshold=-0.1)
+    assert copy.call_count == 2 and state.call_count == 1
+    assert copy.read_bits.data_ptr() != state.read_bits.data_ptr()

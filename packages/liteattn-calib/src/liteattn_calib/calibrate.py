@@ -9,7 +9,6 @@ the caller's, so a run that loads the chosen thresholds repeats the calibrated r
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -32,11 +31,8 @@ class CallResult:
 
 
 def scratch_copy(state: SkipState) -> SkipState:
-    """An independent copy of a skip state (buffers included): calls on it never touch the original.
-
-    Core exposes no copy method; a deep copy is exact because a SkipState holds only tensors and plain values.
-    """
-    return copy.deepcopy(state)
+    """An independent copy of a skip state (buffers included): calls on it never touch the original."""
+    return state.clone()
 
 
 def calibrate_call(query, key, value, state: SkipState, config: CalibConfig, **run_kwargs) -> CallResult:

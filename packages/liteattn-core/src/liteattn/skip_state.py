@@ -22,6 +22,7 @@ which are always kept, alternate between the two ends of the sequence.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass
 
@@ -133,6 +134,10 @@ class SkipState:
         if always_keep is not None:
             self.write_bits.bitwise_or_(always_keep)
         self.call_count += 1
+
+    def clone(self) -> SkipState:
+        """An independent copy, buffers included: calls on it never touch this state (calibration, tests)."""
+        return copy.deepcopy(self)
 
     def reset(self) -> None:
         """Back to "compute every tile" on the next call (geometry and shape are kept)."""
