@@ -1,6 +1,8 @@
 #!/bin/bash
 # Final GPU-machine round: pip-build the package (the shipped configuration), memcheck + parity + pytest GPU
 # tests, timings against FA3 / cuDNN / Flex (own script, then the shared bench/harness.py), and one variant.
+OUT="${LITEATTN_RESULTS:-bench/results/cuda-local}"  # where logs and JSON go
+mkdir -p "$OUT"
 set -o pipefail
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/fa3*.whl .whl/einops*.whl .whl/nvidia_cutlass*.whl
 export PYTHONPATH=/tmp/pkg:/tmp/site:$PWD/packages/liteattn-core/src PYTHONUNBUFFERED=1

@@ -4,6 +4,8 @@
 # A variant is NAME (a carried build in .cudabuild/NAME/) or NAME:FLAGS:DIMS, built here with nvcc
 # (FLAGS: extra nvcc flags joined by '+', DIMS: head dims like 64,128). Also builds the package with pip
 # in the background (tests the packaging on this machine's cores). The first variant gets memcheck + parity.
+OUT="${LITEATTN_RESULTS:-bench/results/cuda-local}"  # where logs and JSON go
+mkdir -p "$OUT"
 set -o pipefail
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/fa3*.whl .whl/einops*.whl .whl/nvidia_cutlass*.whl
 export PYTHONPATH=/tmp/site:$PWD/packages/liteattn-core/src:$PWD/packages/liteattn-cuda/src PYTHONUNBUFFERED=1
