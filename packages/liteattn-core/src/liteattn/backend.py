@@ -35,6 +35,12 @@ class AttentionCall:
     write_bits: torch.Tensor | None = None  # None: no skip test, nothing written
     reverse: bool = False  # visit kept key tiles in descending order
     use_int8: bool = False
+    tile_gaps: torch.Tensor | None = None  # float32 (B, H, q_tiles, k_tiles) output, see below
+
+    # ``tile_gaps``, when given, receives for every computed tile the largest ``tile max - running max before
+    # it`` over the valid rows of its query tile (log2 units, +inf for a row's first tile), and -inf for tiles
+    # not computed. The skip test at any threshold t is then ``tile_gaps > t``: calibration reads the keep
+    # bits of every candidate threshold off one call.
 
     @property
     def batch(self) -> int:
@@ -78,6 +84,7 @@ class Capabilities:
     head_dims: frozenset[int]
     int8: bool = False
     writes_state: bool = True
+    tile_gaps: bool = False  # can fill AttentionCall.tile_gaps
 
 
 @runtime_checkable

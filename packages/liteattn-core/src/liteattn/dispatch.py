@@ -72,6 +72,8 @@ def _cannot_run(backend: Backend, call: AttentionCall) -> str | None:
         return "it has no INT8 Q/K path (use_int8=True)"
     if call.write_bits is not None and not caps.writes_state:
         return "it cannot write the skip state yet (skipping is on)"
+    if call.tile_gaps is not None and not caps.tile_gaps:
+        return "it cannot report tile gaps"
     return backend.unsupported_reason(call)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -14,7 +16,7 @@ from .skip_state import ShapeKey, SkipState, pack_keep_mask
 from .tiles import default_tile_shape, num_tiles, ranges_to_tile_mask, ranges_to_token_mask, validate_ranges
 from .validation import check_qkv, check_scale, head_thresholds
 
-__all__ = ["lite_attention", "run_attention"]
+__all__ = ["TileGapProbe", "lite_attention", "probe_tile_gaps", "run_attention"]
 
 logger = logging.getLogger("liteattn")
 
@@ -50,6 +52,61 @@ def lite_attention(query, key, value, state: SkipState | None = None, *, thresho
 def run_attention(query, key, value, state: SkipState | None, *, threshold, scale, must_do_list, must_skip_list,
                   use_int8, backend):
     """:func:`lite_attention` that also returns the fraction of key tiles skipped."""
+    prepared = _prepare(query, key, value, state, threshold=threshold, scale=scale, must_do_list=must_do_list,
+                        must_skip_list=must_skip_list, use_int8=use_int8, write=state is not None)
+    if prepared is None:
+        return _empty_result(query, value)
+    call, forced_bits = prepared
+    chosen = select_backend(call, backend)
+    out, lse = _forward(chosen, call, query, key)
+    sparsity = _sparsity(call)
+    if state is not None:
+        state.advance(forced_bits)
+        state.last_sparsity = sparsity
+    if verbose_enabled():
+        logger.info("liteattn %s: shape %s, sparsity %.3f", chosen.name, tuple(query.shape), sparsity)
+    return out, lse, sparsity
+
+
+@dataclass(frozen=True)
+class TileGapProbe:
+    """What :func:`probe_tile_gaps` saw: the call's output and, per tile, the gap the skip test compares."""
+
+    out: torch.Tensor  # (B, Sq, H, Dv)
+    lse: torch.Tensor  # (B, H, Sq) float32
+    gaps: torch.Tensor | None  # float32 (B, H, q_tiles, k_tiles); None when the backend cannot report them
+    forced_bits: torch.Tensor  # packed must-do tiles that are not must-skipped: always kept
+
+    def keep_bits(self, threshold: torch.Tensor) -> torch.Tensor:
+        """The keep bits the call would write at ``threshold`` ((H,) float32, log2 units)."""
+        verdict = self.gaps > threshold.to(self.gaps.device).view(1, -1, 1, 1)
+        return pack_keep_mask(verdict)
+
+
+def probe_tile_gaps(query, key, value, state: SkipState, *, scale=None, must_do_list: Ranges = None,
+                    must_skip_list: Ranges = None, use_int8=False, backend: str | None = None) -> TileGapProbe:
+    """Run the call ``state`` would run next without changing the state, and report every computed tile's gap
+    (the largest ``tile max - running max`` over its query tile's rows), so that the keep bits of any
+    threshold follow without another call. The backend is chosen as for an ordinary call; if it cannot report
+    gaps, ``gaps`` is None. Empty inputs are not probed (``gaps`` is None)."""
+    prepared = _prepare(query, key, value, state, threshold=-math.inf, scale=scale, must_do_list=must_do_list,
+                        must_skip_list=must_skip_list, use_int8=use_int8, write=False)
+    if prepared is None:
+        out, lse, _ = _empty_result(query, value)
+        return TileGapProbe(out, lse, None, torch.zeros(1, dtype=torch.int32))
+    call, forced_bits = prepared
+    chosen = select_backend(call, backend)
+    gaps = None
+    if chosen.capabilities().tile_gaps:
+        gaps = torch.empty(call.batch, call.num_heads, call.q_tiles, call.k_tiles, dtype=torch.float32,
+                           device=query.device)
+        call = replace(call, tile_gaps=gaps)
+    out, lse = _forward(chosen, call, query, key)
+    return TileGapProbe(out, lse, gaps, forced_bits)
+
+
+def _prepare(query, key, value, state, *, threshold, scale, must_do_list, must_skip_list, use_int8, write):
+    """Validate the arguments and build the backend call: ``(call, forced_bits)``, or None for empty inputs."""
     check_qkv(query, key, value)
     batch, q_len, heads, head_dim = query.shape
     k_len = key.shape[1]
@@ -60,14 +117,13 @@ def run_attention(query, key, value, state: SkipState | None, *, threshold, scal
     if must_do and must_skip and (ranges_to_token_mask(must_do, k_len) & ranges_to_token_mask(must_skip, k_len)).any():
         raise ValueError("must_do_list and must_skip_list overlap; a token cannot be both forced and excluded")
     if q_len == 0 or k_len == 0:
-        return _empty_result(query, value, heads)
+        return None
 
     if state is not None:
         state.prepare(ShapeKey(batch, heads, q_len, k_len, head_dim, query.device))
         block_m, block_n = state.block_m, state.block_n
     else:
         block_m, block_n = default_tile_shape(head_dim)
-    k_tiles = num_tiles(k_len, block_n)
     do_tiles = ranges_to_tile_mask(must_do, k_len, block_n, query.device)
     skip_tiles = ranges_to_tile_mask(must_skip, k_len, block_n, query.device)
     forced_bits = pack_keep_mask(do_tiles & ~skip_tiles)
@@ -75,32 +131,30 @@ def run_attention(query, key, value, state: SkipState | None, *, threshold, scal
 
     if state is not None:
         compute_bits = (state.read_bits | forced_bits) & ~skip_bits
-        write_bits, reverse = state.write_bits, state.reverse
+        write_bits, reverse = (state.write_bits if write else None), state.reverse
     else:
         compute_bits = None
         if skip_tiles.any():
             shape = (batch, heads, num_tiles(q_len, block_m), skip_bits.shape[-1])
             compute_bits = pack_keep_mask(~skip_tiles).expand(shape).contiguous()
         write_bits, reverse = None, False
-
     call = AttentionCall(query, key, value, scale, thresholds, block_m, block_n, compute_bits, write_bits,
                          reverse, use_int8)
-    chosen = select_backend(call, backend)
-    out, lse = chosen.forward(call)
-    if use_int8:
-        lse = lse + _smoothing_offset(query, key, scale)
+    return call, forced_bits
 
-    if compute_bits is None:
-        sparsity = 0.0
-    else:
-        kept = _popcount(compute_bits).sum().item()
-        sparsity = 1.0 - kept / (batch * heads * call.q_tiles * k_tiles)
-    if state is not None:
-        state.advance(forced_bits)
-        state.last_sparsity = sparsity
-    if verbose_enabled():
-        logger.info("liteattn %s: shape %s, sparsity %.3f", chosen.name, tuple(query.shape), sparsity)
-    return out, lse, sparsity
+
+def _forward(backend, call: AttentionCall, query, key):
+    out, lse = backend.forward(call)
+    if call.use_int8:
+        lse = lse + _smoothing_offset(query, key, call.scale)
+    return out, lse
+
+
+def _sparsity(call: AttentionCall) -> float:
+    if call.compute_bits is None:
+        return 0.0
+    kept = _popcount(call.compute_bits).sum().item()
+    return 1.0 - kept / (call.batch * call.num_heads * call.q_tiles * call.k_tiles)
 
 
 def _smoothing_offset(query, key, scale):
@@ -119,8 +173,8 @@ def _popcount(words: torch.Tensor) -> torch.Tensor:
     return ((words.unsqueeze(-1) >> shifts) & 1).sum(dim=(-1, -2))
 
 
-def _empty_result(query, value, heads):
-    batch, q_len = query.shape[:2]
+def _empty_result(query, value):
+    batch, q_len, heads = query.shape[:3]
     out = torch.zeros(batch, q_len, heads, value.shape[-1], dtype=query.dtype, device=query.device)
     lse = torch.full((batch, heads, q_len), -torch.inf, dtype=torch.float32, device=query.device)
     return out, lse, 0.0

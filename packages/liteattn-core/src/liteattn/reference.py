@@ -95,6 +95,9 @@ def reference_forward(call: AttentionCall, *, upcast: bool = False) -> tuple[tor
         # threshold; the first computed tile meets m = -inf and is always needed.
         row_needs = (tile_max - m > threshold) & row_is_valid
         needed[..., j] = on[..., 0] & row_needs.any(dim=-1)
+        if call.tile_gaps is not None:
+            gap = (tile_max - m).masked_fill(~row_is_valid, -math.inf).amax(dim=-1)
+            call.tile_gaps[..., j] = torch.where(on[..., 0], gap, -math.inf).float()
 
         m_new = torch.where(on, torch.maximum(m, tile_max), m)
         rescale = torch.where(m == -math.inf, 0.0, torch.exp2(m - m_new))
@@ -149,6 +152,7 @@ class ReferenceBackend:
             head_dims=frozenset(range(1, 513)),
             int8=True,
             writes_state=True,
+            tile_gaps=True,
         )
 
     def unavailable_reason(self) -> str | None:
