@@ -29,18 +29,25 @@ CASES = [  # (B, Sq, Sk, H, Hkv, D, dtype, sparsity or None, reverse)
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(x) for x in c))
-def test_parity(case):
-    B, Sq, Sk, H, Hkv, D, dtype, sparsity, reverse = case
+def _backend_and_inputs(case, seed):
+    """The CUDA backend (or a skip saying why it cannot run here) and random BSHD inputs for ``case``."""
+    B, Sq, Sk, H, Hkv, D, dtype, _, _ = case
     from liteattn_cuda import CudaBackend
 
     backend = CudaBackend()
     if backend.unavailable_reason():
         pytest.skip(backend.unavailable_reason())
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     q = torch.randn(B, Sq, H, D, device="cuda", dtype=dtype)
     k = torch.randn(B, Sk, Hkv, D, device="cuda", dtype=dtype)
     v = torch.randn(B, Sk, Hkv, D, device="cuda", dtype=dtype)
+    return backend, q, k, v
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(x) for x in c))
+def test_parity(case):
+    B, Sq, Sk, H, Hkv, D, dtype, sparsity, reverse = case
+    backend, q, k, v = _backend_and_inputs(case, seed=0)
     bm, bn = default_tile_shape(D)
     keep = None
     if sparsity is not None:
@@ -62,15 +69,7 @@ def test_parity(case):
 @pytest.mark.parametrize("case", CASES[1:5], ids=lambda c: "-".join(str(x) for x in c))
 def test_skip_test_matches_reference(case):
     B, Sq, Sk, H, Hkv, D, dtype, sparsity, reverse = case
-    from liteattn_cuda import CudaBackend
-
-    backend = CudaBackend()
-    if backend.unavailable_reason():
-        pytest.skip(backend.unavailable_reason())
-    torch.manual_seed(1)
-    q = torch.randn(B, Sq, H, D, device="cuda", dtype=dtype)
-    k = torch.randn(B, Sk, Hkv, D, device="cuda", dtype=dtype)
-    v = torch.randn(B, Sk, Hkv, D, device="cuda", dtype=dtype)
+    backend, q, k, v = _backend_and_inputs(case, seed=1)
     bm, bn = default_tile_shape(D)
     QT, KT = -(-Sq // bm), -(-Sk // bn)
     keep = random_keep_mask(B, H, QT, KT, sparsity, seed=2)

@@ -49,7 +49,7 @@ def _token_mask(keep, q_len, k_len, block_m, block_n):
     return keep.repeat_interleave(block_m, 2)[:, :, :q_len].repeat_interleave(block_n, 3)[..., :k_len]
 
 
-def _check(call, *, exact_bits=True, min_agreement=0.995):
+def _check_against_reference(call, *, exact_bits=True, min_agreement=0.995):
     """Three-way parity of out, exact LSE / -inf pattern, and the written state against the reference."""
     ref_call = AttentionCall(call.q, call.k, call.v, call.scale, call.thresholds, call.block_m, call.block_n,
                              call.compute_bits, None if call.write_bits is None else call.write_bits.clone(),
@@ -107,7 +107,7 @@ def test_parity_random_inputs(case):
     if sparsity > 0:
         keep = random_keep_mask(batch, heads, -(-q_len // bm), -(-k_len // bn), sparsity, seed=1)
     thresholds = torch.linspace(-4.0, 0.0, heads)  # per-head thresholds
-    _check(_call(q, k, v, bm, bn, keep, reverse=reverse, thresholds=thresholds), exact_bits=False)
+    _check_against_reference(_call(q, k, v, bm, bn, keep, reverse=reverse, thresholds=thresholds), exact_bits=False)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -116,7 +116,7 @@ def test_skip_state_exact_with_margins(reverse, threshold):
     q, k, v, scale = _margin_qkv(1, 100, 300, 2, 1, 64, torch.float16)
     keep = random_keep_mask(1, 2, 4, 10, 0.4, seed=2)
     call = _call(q, k, v, 32, 32, keep, reverse=reverse, thresholds=threshold, scale=scale)
-    _check(call, exact_bits=True)
+    _check_against_reference(call, exact_bits=True)
 
 
 def test_dense_call_matches_sdpa():
@@ -132,7 +132,7 @@ def test_rows_with_no_tile_give_zero_and_minus_inf():
     keep = random_keep_mask(1, 2, 3, 4, 0.5, seed=5)
     keep[:, 0, 1] = False  # query tile 1 of head 0 computes nothing
     call = _call(q, k, v, 32, 32, keep)
-    out, lse = _check(call)
+    out, lse = _check_against_reference(call)
     assert torch.equal(out[:, 32:64, 0], torch.zeros_like(out[:, 32:64, 0]))
     assert torch.isneginf(lse[:, 0, 32:64]).all()
     assert (call.write_bits[:, 0, 1] == 0).all()
@@ -165,7 +165,7 @@ def test_int8_error_bound(case):
     q, k, v = _qkv(batch, q_len, k_len, heads, kv_heads, dim, torch.float16, seed=7)
     keep = random_keep_mask(batch, heads, -(-q_len // bm), -(-k_len // bn), sparsity, seed=8) if sparsity else None
     call = _call(q, k, v, bm, bn, keep, reverse=reverse, int8=True)
-    out, _ = _check(call, exact_bits=False)
+    out, _ = _check_against_reference(call, exact_bits=False)
     fp32_call = _call(q.float(), k.float(), v.float(), bm, bn, keep, write=False, reverse=reverse)
     golden, _ = reference_forward(fp32_call, upcast=True)
     assert rel_error(out, golden) <= INT8_REL_ERR
@@ -244,7 +244,7 @@ def test_gpu_parity(case, int8):
     if sparsity:
         keep = random_keep_mask(batch, heads, -(-q_len // bm), -(-k_len // bn), sparsity, seed=1, device="cuda")
     call = _call(q, k, v, bm, bn, keep, reverse=reverse, thresholds=-5.0, int8=int8)
-    _check(call, exact_bits=False)
+    _check_against_reference(call, exact_bits=False)
     if int8:
         golden, _ = reference_forward(_call(q, k, v, bm, bn, keep, write=False, reverse=reverse), upcast=True)
         assert rel_error(triton_forward(call)[0], golden) <= INT8_REL_ERR
