@@ -1,4 +1,5 @@
-"""One small sparse call for compute-sanitizer: odd lengths, GQA, an empty query tile."""
+"""A small multi-step sparse run for compute-sanitizer (memcheck, racecheck): odd lengths, GQA, an empty query
+tile, the skip test and tile gaps on, each step reading the bits the previous one wrote."""
 import math
 
 import torch
@@ -18,8 +19,12 @@ for D, dt in ((128, torch.bfloat16), (64, torch.float16), (256, torch.bfloat16))
     out = torch.empty_like(q)
     lse = torch.empty(B, H, Sq, device="cuda")
     kt = -(-Sk // bn)
-    wbits = torch.empty(B, H, -(-Sq // 128), -(-kt // 32), dtype=torch.int32, device="cuda")
-    fwd(q, k, v, out, lse, pack_keep_mask(keep).cuda(), 1 / math.sqrt(D), 128, bn, True, wbits,
-        torch.full((H,), -2.0, device="cuda"))
+    bits = pack_keep_mask(keep).cuda()
+    gaps = torch.full((B, H, -(-Sq // 128), kt), -math.inf, device="cuda")
+    for step in range(3):
+        wbits = torch.empty(B, H, -(-Sq // 128), -(-kt // 32), dtype=torch.int32, device="cuda")
+        fwd(q, k, v, out, lse, bits, 1 / math.sqrt(D), 128, bn, step % 2 == 1, wbits,
+            torch.full((H,), -2.0, device="cuda"), gaps)
+        bits = wbits
     torch.cuda.synchronize()
     print("memcheck shape ok", D, dt, bool(torch.isfinite(out).all()))

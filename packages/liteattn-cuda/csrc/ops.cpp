@@ -29,7 +29,8 @@ void check_bshd(Tensor const& t, char const* name, int64_t batch, int64_t heads_
 }
 
 void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, std::optional<Tensor> compute_bits,
-         std::optional<Tensor> write_bits, std::optional<Tensor> thresholds, double scale,
+         std::optional<Tensor> write_bits, std::optional<Tensor> thresholds, std::optional<Tensor> tile_gaps,
+         double scale,
          int64_t block_m, int64_t block_n, bool reverse, int64_t stream) {
   STD_TORCH_CHECK(q.dim() == 4, "q must be 4-D (B, Sq, H, D), got ", q.dim(), " dims");
   int64_t const B = q.size(0), Sq = q.size(1), H = q.size(2), D = q.size(3);
@@ -76,6 +77,15 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, std::optional<Ten
     wbits = static_cast<int32_t*>(wb.data_ptr());
     thr = static_cast<float const*>(th.data_ptr());
   }
+  float* gaps = nullptr;
+  if (tile_gaps.has_value()) {
+    Tensor const& tg = *tile_gaps;
+    STD_TORCH_CHECK(tg.is_cuda() && tg.scalar_type() == ScalarType::Float && tg.is_contiguous() && tg.dim() == 4 &&
+                        tg.size(0) == B && tg.size(1) == H && tg.size(2) == QT && tg.size(3) == KT,
+                    "tile_gaps must be a contiguous float32 CUDA tensor (B, H, QT, KT) = (", B, ", ", H, ", ", QT,
+                    ", ", KT, ")");
+    gaps = static_cast<float*>(tg.data_ptr());
+  }
   liteattn::FwdArgs args{};
   args.q = q.data_ptr();
   args.k = k.data_ptr();
@@ -85,6 +95,7 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, std::optional<Ten
   args.compute_bits = bits;
   args.write_bits = wbits;
   args.thresholds = thr;
+  args.tile_gaps = gaps;
   for (int i = 0; i < 3; ++i) {
     args.q_stride[i] = q.stride(i);
     args.k_stride[i] = k.stride(i);
@@ -112,7 +123,7 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, std::optional<Ten
 
 STABLE_TORCH_LIBRARY(liteattn_cuda, m) {
   m.def("fwd(Tensor q, Tensor k, Tensor v, Tensor(a!) out, Tensor(b!) lse, Tensor? compute_bits, Tensor(c!)? write_bits, "
-        "Tensor? thresholds, float scale, "
+        "Tensor? thresholds, Tensor(d!)? tile_gaps, float scale, "
         "int block_m, int block_n, bool reverse, int stream) -> ()");
 }
 

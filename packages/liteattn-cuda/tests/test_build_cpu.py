@@ -98,6 +98,7 @@ def test_stable_abi_op_registers_and_checks(tmp_path):
     if not hasattr(torch.ops.liteattn_cuda, "fwd"):
         torch.ops.load_library(str(lib))
     q = torch.randn(1, 16, 2, 64, dtype=torch.bfloat16)
-    with pytest.raises((RuntimeError, NotImplementedError)):
-        torch.ops.liteattn_cuda.fwd(q, q, q, q.clone(), torch.empty(1, 2, 16), None, None, None, 0.125, 128, 128,
-                                    False, 0)
+    # The schema binds (a wrong argument count would fail differently); CPU tensors are then refused.
+    with pytest.raises((RuntimeError, NotImplementedError), match=r"must be a CUDA tensor|'CPU' backend"):
+        torch.ops.liteattn_cuda.fwd(q, q, q, q.clone(), torch.empty(1, 2, 16), None, None, None, None, 0.125, 128,
+                                    128, False, 0)

@@ -84,3 +84,28 @@ def test_skip_test_matches_reference(case):
     assert tile_agreement(ours, ref, KT) >= 0.995
     # Never a tile that was not computed, and the first visited tile of every computed row is needed.
     assert not (unpack_keep_mask(ours, KT) & ~keep.cuda()).any()
+
+
+@pytest.mark.parametrize("case", CASES[1:5], ids=lambda c: "-".join(str(x) for x in c))
+def test_tile_gaps_match_reference_and_written_bits(case):
+    B, Sq, Sk, H, Hkv, D, dtype, sparsity, reverse = case
+    backend, q, k, v = _backend_and_inputs(case, seed=2)
+    bm, bn = default_tile_shape(D)
+    QT, KT = -(-Sq // bm), -(-Sk // bn)
+    keep = random_keep_mask(B, H, QT, KT, sparsity, seed=3)
+    keep[0, 0, 0] = False
+    bits = pack_keep_mask(keep).cuda()
+    thresholds = torch.linspace(-4.0, 0.0, H, device="cuda")
+    written = torch.full_like(bits, 0x5A5A5A5A)
+    gaps = torch.full((B, H, QT, KT), 123.0, device="cuda")  # poisoned: every entry must be written
+    ref_gaps = torch.empty_like(gaps)
+    backend.forward(AttentionCall(q, k, v, 1 / math.sqrt(D), thresholds, bm, bn, bits, written, reverse,
+                                  tile_gaps=gaps))
+    reference_forward(AttentionCall(q, k, v, 1 / math.sqrt(D), thresholds, bm, bn, bits, None, reverse,
+                                    tile_gaps=ref_gaps), upcast=True)
+    assert torch.equal(torch.isneginf(gaps), ~keep.cuda())  # -inf exactly on the tiles not computed
+    assert torch.equal(torch.isposinf(gaps), torch.isposinf(ref_gaps))  # +inf on each row's first tile
+    finite = torch.isfinite(ref_gaps)
+    assert (gaps[finite] - ref_gaps[finite]).abs().max().item() <= 1e-3
+    # The gaps give the written bits exactly, at the call's thresholds.
+    assert torch.equal(pack_keep_mask((gaps > thresholds.view(1, H, 1, 1)).cpu()), written.cpu())

@@ -139,9 +139,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--skip-ab", action="store_true")
+    ap.add_argument("--ab-only", action="store_true", help="the A/B only, no harness runs")
     args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
     if not args.skip_ab:
         ab(args.out)
+    if args.ab_only:
+        return
     harness("hA", args.out, ["1x24x32768x128", "1x12x32760x128"], ["triton", "triton+test", "fa3", "flex"],
             write_dir=True)
     harness("hB", args.out, ["1x40x75600x128", "1x24x32768x64"], ["triton", "triton+test", "fa3"])

@@ -24,6 +24,7 @@ struct KernelParams {
   int32_t const* compute_bits;  // (B, H, QT, W) or nullptr
   int32_t* write_bits;          // (B, H, QT, W) or nullptr
   float const* thresholds;      // (H,), log2 units
+  float* tile_gaps;             // (B, H, QT, KT), pre-filled with -inf, or nullptr
   int seqlen_q, seqlen_k, num_heads, head_ratio;
   int num_q_tiles, num_k_tiles, num_words;
   float scale, scale_log2;
@@ -81,16 +82,14 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     // Skip test: a row votes only if it is a real query row (rows of this thread as in the epilogue).
     int const row0 = work.m_block * Traits::kBlockM + (thread_idx / 128) * 64 + ((thread_idx % 128) / 32) * 16 +
                      (thread_idx % 32) / 4;
+    int64_t const row_index = (int64_t(work.batch) * params.num_heads + work.head) * params.num_q_tiles + work.m_block;
     SkipTestWriter<Traits::kNumMmaThreads> skip{
         shared.skip_words,
-        params.write_bits == nullptr
-            ? nullptr
-            : params.write_bits + ((int64_t(work.batch) * params.num_heads + work.head) * params.num_q_tiles +
-                                   work.m_block) * params.num_words,
+        params.write_bits == nullptr ? nullptr : params.write_bits + row_index * params.num_words,
         params.num_words,
         params.write_bits == nullptr ? 0.f : __ldg(params.thresholds + work.head),
-        params.scale_log2,
-        {row0 < params.seqlen_q, row0 + 8 < params.seqlen_q}};
+        {row0 < params.seqlen_q, row0 + 8 < params.seqlen_q},
+        params.tile_gaps == nullptr ? nullptr : params.tile_gaps + row_index * params.num_k_tiles};
     skip.begin(thread_idx);
     if (num_kept > 0) {
       consumer_mainloop<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO, softmax, skip);

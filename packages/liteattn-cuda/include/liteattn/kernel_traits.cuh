@@ -13,6 +13,23 @@
 
 #include "skip_test.cuh"
 
+// Consumer loop (mainloop_mma.cuh). 0: per tile S = Q K^T, softmax, O += P V, each waited for. 1: the FA3-style
+// software pipeline (S(n) issued with PV(n-1), softmax while PV runs), measured 8-22% slower on an H100
+// (bench/NOTES-cuda.md, v2/v3) and kept for study. 2: "phased": each warpgroup issues PV(n-1) and S(n) back to
+// back as one GEMM phase and waits for both, then runs softmax(n); the two warpgroups take turns, so one's
+// softmax runs while the other's GEMM phase owns the tensor cores.
+#ifndef LITEATTN_CONSUMER_LOOP
+#define LITEATTN_CONSUMER_LOOP 0
+#endif
+
+// K/V ring depth at head dim 128 (development knob; 3 needs the row-sum sink gone, see SharedStorage).
+#ifndef LITEATTN_STAGES_D128
+#define LITEATTN_STAGES_D128 2
+#endif
+#ifndef LITEATTN_STAGES_D64
+#define LITEATTN_STAGES_D64 4
+#endif
+
 namespace liteattn {
 
 using namespace cute;
@@ -84,20 +101,25 @@ struct KernelTraits {
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutQ>> smem_q;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutK>> smem_k;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutV>> smem_v;
-    // Write-only sink for the row sums (see consumer_mainloop): pins the softmax before wgmma.wait_group 0.
-    alignas(16) float row_sum_sink[kNumMmaThreads * 2];
+    // Write-only sink for the row sums (pipelined loop only): pins the softmax before wgmma.wait_group 0.
+    alignas(16) float row_sum_sink[LITEATTN_CONSUMER_LOOP == 1 ? kNumMmaThreads * 2 : 4];
     alignas(16) uint32_t skip_words[kMaxSkipWords];  // this CTA's write_bits row while the loop runs
     alignas(16) cutlass::arch::ClusterTransactionBarrier barrier_q;
     typename Pipeline::SharedStorage pipeline_k;
     typename Pipeline::SharedStorage pipeline_v;
   };
   static constexpr int kSmemBytes = sizeof(SharedStorage);
+  static_assert(kSmemBytes <= 227 * 1024, "shared storage exceeds the 227 KB an sm90 CTA may use");
 };
 
 // Stages per head dim: as many K/V stages as fit next to the Q tile in 227 KB.
 template <int kHeadDim> struct DefaultGeometry;
-template <> struct DefaultGeometry<64> { static constexpr int kBlockM = 128, kBlockN = 128, kStages = 4; };
-template <> struct DefaultGeometry<128> { static constexpr int kBlockM = 128, kBlockN = 128, kStages = 2; };
+template <> struct DefaultGeometry<64> {
+  static constexpr int kBlockM = 128, kBlockN = 128, kStages = LITEATTN_STAGES_D64;
+};
+template <> struct DefaultGeometry<128> {
+  static constexpr int kBlockM = 128, kBlockN = 128, kStages = LITEATTN_STAGES_D128;
+};
 template <> struct DefaultGeometry<256> { static constexpr int kBlockM = 128, kBlockN = 64, kStages = 2; };
 
 }  // namespace liteattn

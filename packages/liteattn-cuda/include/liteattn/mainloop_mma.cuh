@@ -67,6 +67,19 @@ struct PingPong {
   CUTE_DEVICE void finish() const { if constexpr (kNumMmaWarpgroups > 1) if (wg == 0) bar_sync(1); }
 };
 
+#ifndef LITEATTN_LAZY_RESCALE
+#define LITEATTN_LAZY_RESCALE 1
+#endif
+
+// O *= correction per row. Once a row's running max settles, most tiles leave every row of a warp unchanged
+// (correction exactly 1): a warp-uniform test then skips the D/2 multiplies.
+template <class TensorO>
+CUTE_DEVICE void rescale_o(TensorO& tOrO, float const (&correction)[2]) {
+  if (LITEATTN_LAZY_RESCALE && __all_sync(0xffffffffu, correction[0] == 1.f && correction[1] == 1.f)) return;
+  CUTE_UNROLL
+  for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= correction[acc_row(i)];
+}
+
 // Keys >= Sk of the last key tile were zero-filled by TMA: give them -inf. Branch-free on purpose: a branch
 // between wgmma.wait_group 1 and 0 makes the compiler wait for every wgmma at the merge point, which
 // serialises the softmax behind the PV wgmma it is meant to overlap.
@@ -76,13 +89,6 @@ CUTE_DEVICE void mask_partial_tile(TensorS& tSrS, int n, int partial_tile, int s
   CUTE_UNROLL
   for (int i = 0; i < size(tSrS); ++i) tSrS(i) = acc_col(i, lane) >= valid ? -INFINITY : tSrS(i);
 }
-
-#ifndef LITEATTN_INTRA_WG_OVERLAP
-// 0 (default): per tile, S = Q K^T, softmax, O += P V, each waited for; the two consumer warpgroups overlap each
-// other's softmax with their GEMMs. 1: the FA3-style software pipeline below (S(n) issued with PV(n-1)). On an
-// H100 the pipelined loop measured 8-22% slower (bench/NOTES-cuda.md, v2/v3), so it is kept for study only.
-#define LITEATTN_INTRA_WG_OVERLAP 0
-#endif
 
 // Simple loop: each consumer warpgroup waits for every wgmma before using its result.
 template <class Traits, class Params, class TensorO, class SkipWriter>
@@ -129,15 +135,16 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
     }
     float correction[2];
     softmax.step(tSrS, correction);
-    skip.vote(n, softmax, lane);
-    CUTE_UNROLL
-    for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= correction[acc_row(i)];
+    bool const needs = skip.needs(softmax);
+    skip.record_gap(n, softmax, lane);
+    rescale_o(tOrO, correction);
     Tensor rP = convert_fragment<Element>(tSrS);                                        // (MMA, MMA_M, MMA_N)
     Tensor tOrP = make_tensor(rP.data(), acc_layout_as_a_operand(rP.layout()));          // (MMA, MMA_M, MMA_K)
 
-    // Wait for V[stage], O += P V, release V[stage].
+    // Wait for V[stage], O += P V, release V[stage]; the warp vote runs while the PV wgmma does.
     pipeline_v.consumer_wait(state);
     wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP, tOrV(_, _, _, state.index()), tOrO);
+    skip.commit(n, needs, lane);
     warpgroup_wait<0>();
     pipeline_v.consumer_release(state);
     ++state;
@@ -193,6 +200,7 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
   float correction[2];
   softmax.step(tSrS, correction);  // O is still zero: nothing to rescale
   skip.vote(n, softmax, lane);
+  skip.record_gap(n, softmax, lane);
   copy(convert_fragment<Element>(tSrS), rP);
   auto state_v = state;
   ++state;
@@ -214,6 +222,7 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
     mask_partial_tile<kBlockN>(tSrS, n, partial_tile, params.seqlen_k, lane);
     softmax.step(tSrS, correction);
     skip.vote(n, softmax, lane);
+    skip.record_gap(n, softmax, lane);
     // The compiler sinks exp2's below the wait when nothing needs them earlier; a shared store of the row
     // sums (which depend on every exp2) cannot move past wgmma.wait_group, so the softmax stays overlapped.
     asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(sink_addr), "f"(softmax.row_sum[0]),
@@ -240,13 +249,95 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
   turn.finish();
 }
 
+// Phased loop: per kept tile one GEMM phase, O += P(n-1) V(n-1) then S(n) = Q K(n)^T, issued back to back in this
+// warpgroup's turn and waited for together, then softmax(n) outside the turn. With ping-pong the two warpgroups
+// alternate: one's softmax runs while the other's two GEMMs own the tensor cores. Unlike the pipelined loop no
+// wgmma is in flight during the softmax, so no wait_group 1 bookkeeping can serialise it.
+template <class Traits, class Params, class TensorO, class SkipWriter>
+CUTE_DEVICE void consumer_mainloop_phased(Params const& params, typename Traits::SharedStorage& shared,
+                                          typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
+                                          KeptTileIterator tiles, int thread_idx, TensorO& tOrO,
+                                          OnlineSoftmax& softmax, SkipWriter const& skip) {
+  using Element = typename Traits::Element;
+  constexpr int kBlockN = Traits::kBlockN;
+  Tensor sQ = make_tensor(make_smem_ptr(shared.smem_q.data()), typename Traits::SmemLayoutQ{});    // (BM, D)
+  Tensor sK = make_tensor(make_smem_ptr(shared.smem_k.data()), typename Traits::SmemLayoutK{});    // (BN, D, stage)
+  Tensor sVt = make_tensor(make_smem_ptr(shared.smem_v.data()), typename Traits::SmemLayoutVt{});  // (D, BN, stage)
+
+  typename Traits::TiledMmaQK mma_qk;
+  typename Traits::TiledMmaPV mma_pv;
+  auto thr_qk = mma_qk.get_thread_slice(thread_idx);
+  auto thr_pv = mma_pv.get_thread_slice(thread_idx);
+  Tensor tSrQ = thr_qk.partition_fragment_A(sQ);   // (MMA, MMA_M, MMA_K) smem descriptors
+  Tensor tSrK = thr_qk.partition_fragment_B(sK);   // (MMA, MMA_N, MMA_K, stage)
+  Tensor tOrV = thr_pv.partition_fragment_B(sVt);  // (MMA, MMA_N, MMA_K, stage)
+  Tensor tSrS = partition_fragment_C(mma_qk, select<0, 1>(typename Traits::TileShapeMNK{}));  // (MMA, MMA_M, MMA_N)
+  CUTE_STATIC_ASSERT_V(size<1>(tSrS) == _1{} && size<2>(tSrS) == _1{});
+  Tensor rP = make_tensor<Element>(tSrS.layout());                                  // P(n-1) while S(n) is computed
+  Tensor tOrP = make_tensor(rP.data(), acc_layout_as_a_operand(rP.layout()));      // (MMA, MMA_M, MMA_K)
+
+  int const lane = thread_idx % 32;
+  int const partial_tile = params.seqlen_k % kBlockN == 0 ? -1 : params.num_k_tiles - 1;
+  PingPong<Traits::kNumMmaWarpgroups> turn{thread_idx / 128};
+  turn.start();
+  shared.barrier_q.wait(0);
+
+  // The softmax of tile n, outside the turn: mask, online softmax, skip test, rescale O, P(n) into registers.
+  float correction[2];
+  auto softmax_phase = [&](int n) {
+    if (n == partial_tile) mask_partial_tile<kBlockN>(tSrS, n, partial_tile, params.seqlen_k, lane);
+    softmax.step(tSrS, correction);
+    skip.vote(n, softmax, lane);
+    skip.record_gap(n, softmax, lane);
+    rescale_o(tOrO, correction);
+    copy(convert_fragment<Element>(tSrS), rP);
+  };
+
+  typename Traits::PipelineState state;  // consumer side starts at phase 0
+  int n = tiles.next();
+  turn.wait_turn();
+  pipeline_k.consumer_wait(state);
+  wgmma_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_qk, tSrQ, tSrK(_, _, _, state.index()), tSrS);
+  turn.pass_turn();
+  warpgroup_wait<0>();
+  pipeline_k.consumer_release(state);
+  softmax_phase(n);
+  auto state_v = state;
+  ++state;
+
+  for (n = tiles.next(); n >= 0; n = tiles.next()) {
+    turn.wait_turn();
+    pipeline_v.consumer_wait(state_v);
+    pipeline_k.consumer_wait(state);
+    wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), tOrO);
+    wgmma_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_qk, tSrQ, tSrK(_, _, _, state.index()), tSrS);
+    turn.pass_turn();
+    warpgroup_wait<0>();
+    pipeline_v.consumer_release(state_v);
+    pipeline_k.consumer_release(state);
+    softmax_phase(n);
+    state_v = state;
+    ++state;
+  }
+
+  turn.wait_turn();
+  pipeline_v.consumer_wait(state_v);
+  wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), tOrO);
+  turn.pass_turn();
+  warpgroup_wait<0>();
+  pipeline_v.consumer_release(state_v);
+  turn.finish();
+}
+
 template <class Traits, class Params, class TensorO, class SkipWriter>
 CUTE_DEVICE void consumer_mainloop(Params const& params, typename Traits::SharedStorage& shared,
                                    typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
                                    KeptTileIterator tiles, int thread_idx, TensorO& tOrO, OnlineSoftmax& softmax,
                                    SkipWriter const& skip) {
-  if constexpr (LITEATTN_INTRA_WG_OVERLAP) {
+  if constexpr (LITEATTN_CONSUMER_LOOP == 1) {
     consumer_mainloop_overlap<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO, softmax, skip);
+  } else if constexpr (LITEATTN_CONSUMER_LOOP == 2) {
+    consumer_mainloop_phased<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO, softmax, skip);
   } else {
     consumer_mainloop_serial<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO, softmax, skip);
   }

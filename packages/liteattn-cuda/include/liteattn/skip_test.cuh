@@ -20,8 +20,8 @@ struct SkipTestWriter {
   int32_t* gmem_words;    // this CTA's row of write_bits, or nullptr: no skip test
   int num_words;
   float threshold_log2;   // threshold[h]
-  float scale_log2;
   bool row_valid[2];      // this thread's two rows are < Sq (padded rows never vote)
+  float* gmem_gaps;       // this CTA's row of tile_gaps (KT floats), or nullptr
 
   CUTE_DEVICE static void consumer_bar() {
     asm volatile("bar.sync %0, %1;\n" ::"n"(kSkipBarrierId), "n"(kNumMmaThreads));
@@ -36,16 +36,49 @@ struct SkipTestWriter {
     consumer_bar();
   }
 
-  // After softmax.step on tile n: vote "needed" for the rows this thread owns, OR the warp's vote in.
-  CUTE_DEVICE void vote(int n, OnlineSoftmax const& softmax, int lane) const {
-    if (!enabled()) return;
+  // After softmax.step on tile n: does one of this thread's rows need the tile? Two compares, taken right after
+  // the softmax; the warp vote (commit) can wait until the next wgmma's are issued, off the serial path.
+  CUTE_DEVICE bool needs(OnlineSoftmax const& softmax) const {
+    if (!enabled()) return false;
     bool needs = false;
     CUTE_UNROLL
-    for (int r = 0; r < 2; ++r) {
-      bool const first = softmax.prev_max[r] == -INFINITY;
-      needs |= row_valid[r] && (first || (softmax.tile_max[r] - softmax.prev_max[r]) * scale_log2 > threshold_log2);
-    }
+    for (int r = 0; r < 2; ++r) needs |= row_valid[r] && gap(softmax, r) > threshold_log2;
+    return needs;
+  }
+
+  // OR the warp's vote for tile n into the CTA's bitmask (one shared atomic per warp).
+  CUTE_DEVICE void commit(int n, bool needs, int lane) const {
+    if (!enabled()) return;
     if (__any_sync(0xffffffffu, needs) && lane == 0) atomicOr(&smem_words[n / 32], 1u << (n % 32));
+  }
+
+  CUTE_DEVICE void vote(int n, OnlineSoftmax const& softmax, int lane) const { commit(n, needs(softmax), lane); }
+
+  // Tile gaps (docs/backend-contract.md): the largest m_tile - m_run over the valid rows, +inf for a row's first
+  // tile; the same expression the vote compares, so gaps > t is the written bit at any t. Only calibration asks
+  // for them: one global float max per warp and tile into a row the host filled with -inf.
+  CUTE_DEVICE static float gap(OnlineSoftmax const& softmax, int r) {
+    return softmax.prev_max[r] == -INFINITY ? INFINITY : (softmax.tile_max[r] - softmax.prev_max[r]) * softmax.scale_log2;
+  }
+
+  CUTE_DEVICE void record_gap(int n, OnlineSoftmax const& softmax, int lane) const {
+    if (gmem_gaps == nullptr) return;
+    float g = -INFINITY;
+    CUTE_UNROLL
+    for (int r = 0; r < 2; ++r) g = row_valid[r] ? fmaxf(g, gap(softmax, r)) : g;
+    CUTE_UNROLL
+    for (int offset = 4; offset < 32; offset <<= 1) g = fmaxf(g, __shfl_xor_sync(0xffffffffu, g, offset));
+    if (lane == 0 && g > -INFINITY) atomic_max_float(gmem_gaps + n, g);
+  }
+
+  // Float max through the integer atomics: non-negative floats order like their int bits, negative ones
+  // reversed like their unsigned bits.
+  CUTE_DEVICE static void atomic_max_float(float* addr, float value) {
+    if (value >= 0.f) {
+      atomicMax(reinterpret_cast<int*>(addr), __float_as_int(value));
+    } else {
+      atomicMin(reinterpret_cast<unsigned int*>(addr), __float_as_uint(value));
+    }
   }
 
   // Store the CTA's row: every word, also when no tile was computed (then all zero).

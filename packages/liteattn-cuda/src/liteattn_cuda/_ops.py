@@ -37,14 +37,15 @@ def load() -> str | None:
 
 def fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
         compute_bits: torch.Tensor | None, scale: float, block_m: int, block_n: int, reverse: bool,
-        write_bits: torch.Tensor | None = None, thresholds: torch.Tensor | None = None) -> None:
+        write_bits: torch.Tensor | None = None, thresholds: torch.Tensor | None = None,
+        tile_gaps: torch.Tensor | None = None) -> None:
     """Run the kernel into ``out`` / ``lse`` (and ``write_bits`` when given, with the skip test against
-    ``thresholds``) on q's device and current stream (no argument checks beyond the op's)."""
+    ``thresholds``; ``tile_gaps``, pre-filled with -inf, gets every computed tile's gap) on q's device and
+    current stream (no argument checks beyond the op's)."""
     reason = load()
     if reason is not None:
         raise RuntimeError(reason)
     with torch.cuda.device(q.device):
         stream = torch.cuda.current_stream(q.device).cuda_stream
-        torch.ops.liteattn_cuda.fwd(q, k, v, out, lse, compute_bits, write_bits, thresholds, float(scale),
-                                    int(block_m), int(block_n),
-                                    bool(reverse), int(stream))
+        torch.ops.liteattn_cuda.fwd(q, k, v, out, lse, compute_bits, write_bits, thresholds, tile_gaps,
+                                    float(scale), int(block_m), int(block_n), bool(reverse), int(stream))

@@ -28,7 +28,7 @@ class CudaBackend:
 
     def capabilities(self) -> Capabilities:
         return Capabilities(devices=frozenset({"cuda"}), dtypes=DTYPES, head_dims=HEAD_DIMS, int8=False,
-                            writes_state=True)
+                            writes_state=True, tile_gaps=True)
 
     def unavailable_reason(self) -> str | None:
         if not torch.cuda.is_available():
@@ -67,6 +67,8 @@ class CudaBackend:
         batch, q_len, heads, _ = q.shape
         out = torch.empty(batch, q_len, heads, v.shape[-1], dtype=q.dtype, device=q.device)
         lse = torch.empty(batch, heads, q_len, dtype=torch.float32, device=q.device)
+        if call.tile_gaps is not None:
+            call.tile_gaps.fill_(-math.inf)  # the kernel raises only the tiles it computes
         if out.numel() == 0 or k.shape[1] == 0:  # nothing to launch: every row is empty
             out.zero_()
             lse.fill_(-math.inf)
@@ -76,14 +78,19 @@ class CudaBackend:
         bits = call.compute_bits
         if bits is not None:
             bits = bits.to(device=q.device, dtype=torch.int32).contiguous()
-        write = call.write_bits
-        if write is None:
-            _ops.fwd(q, k, v, out, lse, bits, call.scale, call.block_m, call.block_n, call.reverse)
-            return out, lse
-        staging = write if (write.is_contiguous() and write.dtype == torch.int32 and write.device == q.device) \
-            else torch.empty(write.shape, dtype=torch.int32, device=q.device)
-        thresholds = call.thresholds.to(device=q.device, dtype=torch.float32).contiguous()
-        _ops.fwd(q, k, v, out, lse, bits, call.scale, call.block_m, call.block_n, call.reverse, staging, thresholds)
-        if staging is not write:
-            write.copy_(staging)
+        write = _staging(call.write_bits, torch.int32, q.device)
+        gaps = _staging(call.tile_gaps, torch.float32, q.device)
+        thresholds = None if write is None else call.thresholds.to(device=q.device, dtype=torch.float32).contiguous()
+        _ops.fwd(q, k, v, out, lse, bits, call.scale, call.block_m, call.block_n, call.reverse, write, thresholds,
+                 gaps)
+        for staged, target in ((write, call.write_bits), (gaps, call.tile_gaps)):
+            if staged is not target:
+                target.copy_(staged)
         return out, lse
+
+
+def _staging(target: torch.Tensor | None, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+    """``target`` itself when the kernel can write it in place, else a contiguous copy to write and copy back."""
+    if target is None or (target.is_contiguous() and target.dtype == dtype and target.device == device):
+        return target
+    return target.to(device=device, dtype=dtype).contiguous()
