@@ -80,8 +80,9 @@ def _check_against_reference(call, *, exact_bits=True, min_agreement=0.995):
 
 
 def _margin_qkv(batch, q_len, k_len, heads, kv_heads, dim, dtype, seed=0):
-    """Inputs whose scores in log2 units are integers (q, k in {-1, 0, 1}, scale = 1/log2(e) / 4): every skip
-    decision against a half-integer threshold has a margin of at least 1/8."""
+    """Inputs whose scores in log2 units are multiples of 1/4 (q, k in {-1, 0, 1}, scale = 1/log2(e) / 4): every
+    skip decision against a threshold at an odd multiple of 1/8 has a margin of at least 1/8 (a threshold on
+    the 1/4 lattice would meet ties, decided by rounding)."""
     g = torch.Generator().manual_seed(seed)
     q = torch.randint(-1, 2, (batch, q_len, heads, dim), generator=g).to(dtype)
     k = torch.randint(-1, 2, (batch, k_len, kv_heads, dim), generator=g).to(dtype)
@@ -113,7 +114,7 @@ def test_parity_random_inputs(case):
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("threshold", [-3.5, -0.5, 0.5])
+@pytest.mark.parametrize("threshold", [-3.625, -0.375, 0.625])
 def test_skip_state_exact_with_margins(reverse, threshold):
     q, k, v, scale = _margin_qkv(1, 100, 300, 2, 1, 64, torch.float16)
     keep = random_keep_mask(1, 2, 4, 10, 0.4, seed=2)
