@@ -7,6 +7,7 @@ CPU tests run the kernels in Triton's interpreter (fp16 / fp32; bf16 dots are br
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ import torch
 import liteattn
 from liteattn.backend import AttentionCall
 from liteattn.dispatch import get_backend, select_backend
+from liteattn.functional import probe_tile_gaps
 from liteattn.quant import quantize_k, quantize_q
 from liteattn.reference import masked_attention, reference_forward
 from liteattn.skip_state import pack_keep_mask, unpack_keep_mask
@@ -78,8 +80,9 @@ def _check_against_reference(call, *, exact_bits=True, min_agreement=0.995):
 
 
 def _margin_qkv(batch, q_len, k_len, heads, kv_heads, dim, dtype, seed=0):
-    """Inputs whose scores in log2 units are integers (q, k in {-1, 0, 1}, scale = 1/log2(e) / 4): every skip
-    decision against a half-integer threshold has a margin of at least 1/8."""
+    """Inputs whose scores in log2 units are multiples of 1/4 (q, k in {-1, 0, 1}, scale = 1/log2(e) / 4): every
+    skip decision against a threshold at an odd multiple of 1/8 has a margin of at least 1/8 (a threshold on
+    the 1/4 lattice would meet ties, decided by rounding)."""
     g = torch.Generator().manual_seed(seed)
     q = torch.randint(-1, 2, (batch, q_len, heads, dim), generator=g).to(dtype)
     k = torch.randint(-1, 2, (batch, k_len, kv_heads, dim), generator=g).to(dtype)
@@ -111,7 +114,7 @@ def test_parity_random_inputs(case):
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("threshold", [-3.5, -0.5, 0.5])
+@pytest.mark.parametrize("threshold", [-3.625, -0.375, 0.625])
 def test_skip_state_exact_with_margins(reverse, threshold):
     q, k, v, scale = _margin_qkv(1, 100, 300, 2, 1, 64, torch.float16)
     keep = random_keep_mask(1, 2, 4, 10, 0.4, seed=2)
@@ -206,6 +209,117 @@ def test_multi_step_trajectory_matches_reference():
     assert trajectory["triton"][-1] > 0.0  # the workload does become sparse
 
 
+# -- tile gaps: the skip test's gap per computed tile, the keep bits of any threshold off one call ----------
+def _with_gaps(call):
+    """``call`` with a NaN-poisoned gap buffer (every element must be written), and a reference copy of it."""
+    poison = torch.full((call.batch, call.num_heads, call.q_tiles, call.k_tiles), math.nan, device=call.q.device)
+    ref_bits = None if call.write_bits is None else call.write_bits.clone()
+    return replace(call, tile_gaps=poison), replace(call, write_bits=ref_bits, tile_gaps=poison.clone())
+
+
+def _assert_gaps_close(gaps, ref_gaps, atol):
+    """The +-inf pattern exact (tiles not computed, first tiles), finite gaps within ``atol`` (log2 units)."""
+    assert not gaps.isnan().any(), "some gaps were not written"
+    finite = ref_gaps.isfinite()
+    assert torch.equal(gaps.isfinite(), finite) and torch.equal(gaps[~finite], ref_gaps[~finite])
+    assert (gaps[finite] - ref_gaps[finite]).abs().max() <= atol
+
+
+def _assert_gaps_give_bits(call):
+    """``gaps > threshold[h]``, packed, is exactly the state the same call wrote."""
+    verdict = call.tile_gaps > call.thresholds.to(call.tile_gaps.device).view(1, -1, 1, 1)
+    assert torch.equal(pack_keep_mask(verdict), call.write_bits), "gaps > threshold differ from write_bits"
+
+
+def _thresholds_on_gaps(gaps):
+    """Per-head thresholds equal to a finite gap of that head: a tile whose gap is the threshold must not be
+    kept, so any difference between the gap and the value the skip test compared shows up as a wrong bit."""
+    finite = gaps.transpose(0, 1).flatten(1)
+    finite = torch.where(finite.isfinite(), finite, math.nan)
+    return finite.nanquantile(0.5, dim=1, interpolation="lower")  # (H,) values present in the gaps
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_tile_gaps_match_the_reference(dtype, reverse):
+    q, k, v = _qkv(1, 75, 150, 2, 1, 32, dtype, seed=11)  # odd lengths, GQA 2:1
+    keep = random_keep_mask(1, 2, 3, 5, 0.4, seed=12)
+    keep[:, 1, 2] = False  # a query tile that computes nothing: all -inf
+    call, ref_call = _with_gaps(_call(q, k, v, 32, 32, keep, reverse=reverse, thresholds=[-3.0, 0.0]))
+    triton_forward(call)
+    reference_forward(ref_call)
+    _assert_gaps_close(call.tile_gaps, ref_call.tile_gaps, atol=1e-3)
+    assert torch.isneginf(call.tile_gaps[:, 1, 2]).all() and torch.isposinf(call.tile_gaps).any()
+    _assert_gaps_give_bits(call)
+
+
+def test_padded_query_rows_do_not_raise_the_gap():
+    # The valid rows of query tile 1 meet their best keys in key tile 0, so their later gaps are far below 0;
+    # a padded row (zero query, scores 0) would report a gap of 0 there.
+    q, k, v = _qkv(1, 40, 96, 1, 1, 32, torch.float32, seed=18)
+    q[:, 32:] = q[:, 32:33]
+    k[:, :32] = 2 * q[:, 32:33]
+    call, ref_call = _with_gaps(_call(q, k, v, 32, 32, None, write=False))
+    triton_forward(call)
+    reference_forward(ref_call)
+    _assert_gaps_close(call.tile_gaps, ref_call.tile_gaps, atol=1e-3)
+    assert (call.tile_gaps[0, 0, 1, 1:] < -5).all()
+
+
+def test_tile_gaps_of_a_dense_int8_call_into_a_strided_buffer():
+    q, k, v = _qkv(1, 70, 90, 2, 1, 64, torch.float16, seed=13)
+    call, ref_call = _with_gaps(_call(q, k, v, 32, 32, None, write=False, int8=True))
+    call = replace(call, tile_gaps=call.tile_gaps.transpose(2, 3).contiguous().transpose(2, 3))
+    assert not call.tile_gaps.is_contiguous()
+    triton_forward(call)
+    reference_forward(ref_call)
+    _assert_gaps_close(call.tile_gaps, ref_call.tile_gaps, atol=1e-3)
+    assert call.tile_gaps.isfinite().any() and not call.tile_gaps.isneginf().any()
+
+
+def test_gaps_give_the_written_bits_at_every_threshold():
+    """One set of gaps serves every threshold; on inputs with margins they are also the reference's bits."""
+    q, k, v, scale = _margin_qkv(1, 70, 150, 2, 1, 32, torch.float16, seed=14)
+    keep = random_keep_mask(1, 2, 3, 5, 0.3, seed=15)
+    first = None
+    for thresholds in ([-3.375, -3.375], [0.625, 0.625], [-2.625, -0.375]):  # off the 1/4 lattice of gaps
+        call, ref_call = _with_gaps(_call(q, k, v, 32, 32, keep, reverse=True, thresholds=thresholds, scale=scale))
+        triton_forward(call)
+        reference_forward(ref_call)
+        _assert_gaps_give_bits(call)
+        assert torch.equal(call.write_bits, ref_call.write_bits)
+        first = call.tile_gaps if first is None else first
+        assert torch.equal(call.tile_gaps, first), "gaps depend on the threshold"
+
+
+def test_gaps_at_a_threshold_equal_to_a_gap():
+    q, k, v = _qkv(1, 75, 150, 2, 1, 32, torch.float16, seed=16)
+    keep = random_keep_mask(1, 2, 3, 5, 0.2, seed=17)
+    probe, _ = _with_gaps(_call(q, k, v, 32, 32, keep, write=False))
+    triton_forward(probe)
+    call, _ = _with_gaps(_call(q, k, v, 32, 32, keep, thresholds=_thresholds_on_gaps(probe.tile_gaps)))
+    triton_forward(call)
+    assert torch.equal(call.tile_gaps, probe.tile_gaps)
+    _assert_gaps_give_bits(call)
+    kept = unpack_keep_mask(call.write_bits, call.k_tiles) & keep
+    assert 0 < kept.sum() < keep.sum()  # the thresholds split the tiles
+
+
+def test_probe_tile_gaps_through_triton():
+    q, k, v = video_qkv(frames=2, height=8, width=8, heads=2, head_dim=32, step=8, dtype=torch.float16)
+    state = liteattn.SkipState(32, 32)
+    liteattn.lite_attention(q, k, v, state, threshold=-4.0, backend="reference")  # some tiles are skipped
+    probe = probe_tile_gaps(q, k, v, state, backend="triton", must_do_list=[0, 8])
+    reference = probe_tile_gaps(q, k, v, state, backend="reference", must_do_list=[0, 8])
+    assert state.call_count == 1
+    assert probe.gaps.isneginf().any()
+    _assert_gaps_close(probe.gaps, reference.gaps, atol=1e-3)
+    assert rel_error(probe.out, reference.out) < 2e-3
+    threshold = [-1.0, -6.0]
+    liteattn.lite_attention(q, k, v, state, threshold=threshold, backend="triton", must_do_list=[0, 8])
+    assert torch.equal(probe.keep_bits(torch.tensor(threshold)) | probe.forced_bits, state.read_bits)
+
+
 # -- registration and refusals --------------------------------------------------------------------------
 def test_registered_and_never_auto_under_interpreter():
     backend = get_backend("triton")
@@ -248,3 +362,30 @@ def test_gpu_parity(case, int8):
     if int8:
         golden, _ = reference_forward(_call(q, k, v, bm, bn, keep, write=False, reverse=reverse), upcast=True)
         assert rel_error(triton_forward(call)[0], golden) <= INT8_REL_ERR
+
+
+GPU_GAP_CASES = [
+    (1, 2048, 2100, 4, 1, 128, torch.bfloat16, 0.5, False),
+    (2, 1500, 1333, 4, 2, 64, torch.float16, 0.75, True),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_GAP_CASES, ids=lambda c: "x".join(str(x) for x in c[:6]) + f"-{c[6]}-s{c[7]}")
+@pytest.mark.parametrize("int8", [False, True])
+@pytest.mark.parametrize("knobs", [{}, {"persistent": True}, {"defer_vote": False}], ids=["default", "pers", "vote"])
+def test_gpu_tile_gaps(case, int8, knobs):
+    batch, q_len, k_len, heads, kv_heads, dim, dtype, sparsity, reverse = case
+    bm, bn = liteattn.default_tile_shape(dim)
+    q, k, v = _qkv(batch, q_len, k_len, heads, kv_heads, dim, dtype, device="cuda", seed=19)
+    keep = random_keep_mask(batch, heads, -(-q_len // bm), -(-k_len // bn), sparsity, seed=20, device="cuda")
+    probe, ref_probe = _with_gaps(_call(q, k, v, bm, bn, keep, write=False, reverse=reverse, int8=int8))
+    triton_forward(probe, **knobs)
+    reference_forward(ref_probe)
+    _assert_gaps_close(probe.tile_gaps, ref_probe.tile_gaps, atol=2e-3)
+    # compiled, the vote and the gap must still compare the same value: thresholds sit on gaps
+    call, _ = _with_gaps(_call(q, k, v, bm, bn, keep, reverse=reverse,
+                               thresholds=_thresholds_on_gaps(probe.tile_gaps), int8=int8))
+    triton_forward(call, **knobs)
+    assert torch.equal(call.tile_gaps, probe.tile_gaps)
+    _assert_gaps_give_bits(call)

@@ -10,8 +10,9 @@ Per call:
    loop has no per-tile branch and the software pipeliner sees a dense loop;
 2. with ``use_int8``, Q and K are quantised by a fused Triton kernel (``liteattn.quant`` semantics);
 3. the forward kernel walks each query tile's list, runs the skip test on every computed tile and writes
-   every word of ``write_bits``. On a GPU, query tiles are handed to a persistent grid in decreasing order of
-   kept tiles, so tiles with little work fill in behind the heavy ones instead of idling SMs.
+   every word of ``write_bits`` (and, when ``tile_gaps`` is given, each computed tile's gap). On a GPU, query
+   tiles are handed to a persistent grid in decreasing order of kept tiles, so tiles with little work fill in
+   behind the heavy ones instead of idling SMs.
 """
 
 from __future__ import annotations
@@ -106,6 +107,15 @@ def _quantize(call: AttentionCall, d_pad: int):
     return q8, k8, q_scale, k_scale
 
 
+def _gaps_buffer(call: AttentionCall) -> torch.Tensor:
+    """The buffer the kernel writes gaps into, pre-filled with -inf: the kernel visits only computed tiles, so
+    this fill is what marks the others. ``call.tile_gaps`` itself unless it is not contiguous."""
+    gaps = call.tile_gaps
+    if not gaps.is_contiguous():
+        gaps = torch.empty(gaps.shape, dtype=torch.float32, device=gaps.device)
+    return gaps.fill_(-math.inf)
+
+
 def _descriptor_ok(t: torch.Tensor, dim: int) -> bool:
     """Can a (B, S, heads * dim) TMA descriptor view this BSHD tensor (heads packed, 16-byte strides)?"""
     size = t.element_size()
@@ -129,7 +139,8 @@ def triton_forward(call: AttentionCall, *, persistent: bool | None = None, skip_
                    use_desc: bool | None = None, defer_vote: bool | None = None, warp_spec: bool | None = None,
                    idx_mode: int | None = None, num_warps: int | None = None,
                    num_stages: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run one call; returns ``(out (B, Sq, H, Dv), lse (B, H, Sq) float32)`` and fills ``call.write_bits``.
+    """Run one call; returns ``(out (B, Sq, H, Dv), lse (B, H, Sq) float32)`` and fills ``call.write_bits``
+    and ``call.tile_gaps`` when they are given.
 
     ``persistent`` overrides the scheduler choice (default: persistent on a GPU when some tiles are skipped);
     ``skip_test=False`` compiles the skip test out even when ``write_bits`` is given (benchmarks only: the
@@ -155,7 +166,7 @@ def triton_forward(call: AttentionCall, *, persistent: bool | None = None, skip_
         lse.fill_(-math.inf)
         if call.write_bits is not None:
             call.write_bits.zero_()
-        return out, lse
+        return out, lse  # no key tiles: tile_gaps has no elements
 
     rows = batch * heads * q_tiles
     dense = call.compute_bits is None
@@ -179,6 +190,8 @@ def triton_forward(call: AttentionCall, *, persistent: bool | None = None, skip_
     else:
         wbits_arg = wbits
     thresholds = call.thresholds.to(device=device, dtype=torch.float32).contiguous()
+    write_gaps = call.tile_gaps is not None
+    gaps = _gaps_buffer(call) if write_gaps else _SCRATCH.get("unused_f32", 1, device, torch.float32)
 
     interp = _interpreting()
     if persistent is None:
@@ -213,6 +226,7 @@ def triton_forward(call: AttentionCall, *, persistent: bool | None = None, skip_
         q_in, k_in, v, out, lse, thresholds,
         q_scale, k_scale,
         count, index, wbits_arg, votes,
+        gaps,
         order,
         q_in.stride(0), q_in.stride(1), q_in.stride(2),
         k_in.stride(0), k_in.stride(1), k_in.stride(2),
@@ -225,7 +239,7 @@ def triton_forward(call: AttentionCall, *, persistent: bool | None = None, skip_
         BLOCK_M=bm, BLOCK_N=bn, W_PAD=_next_pow2(words),
         DENSE=dense, REVERSE=call.reverse,
         EVEN_M=q_len % bm == 0, EVEN_N=k_len % bn == 0,
-        WRITE_BITS=write, USE_INT8=call.use_int8,
+        WRITE_BITS=write, USE_INT8=call.use_int8, WRITE_GAPS=write_gaps,
         UPCAST=upcast, DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
         USE_DESC=use_desc, DEFER_VOTE=defer_vote, PERSISTENT=persistent,
         WARP_SPEC=configs.WARP_SPEC_DEFAULT if warp_spec is None else warp_spec,
@@ -236,6 +250,8 @@ def triton_forward(call: AttentionCall, *, persistent: bool | None = None, skip_
                              BLOCK_M=bm, W_PAD=_next_pow2(words), DENSE=dense, REVERSE=call.reverse, num_warps=4)
     if write and wbits is not call.write_bits:
         call.write_bits.copy_(wbits)
+    if write_gaps and gaps is not call.tile_gaps:
+        call.tile_gaps.copy_(gaps)
     return out, lse
 
 
@@ -263,6 +279,7 @@ class TritonBackend:
             head_dims=configs.HEAD_DIMS,
             int8=True,
             writes_state=True,
+            tile_gaps=True,
         )
 
     def unavailable_reason(self) -> str | None:
@@ -300,6 +317,8 @@ class TritonBackend:
         for name, bits in (("compute_bits", call.compute_bits), ("write_bits", call.write_bits)):
             if bits is not None and bits.dtype != torch.int32:
                 return f"{name} must be int32; got {bits.dtype}"
+        if call.tile_gaps is not None and call.tile_gaps.dtype != torch.float32:
+            return f"tile_gaps must be float32; got {call.tile_gaps.dtype}"
         return None
 
     def forward(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:

@@ -80,6 +80,7 @@ def _load_kv(
 def _attn_fwd_inner(
     acc, l_i, m_i, words, row_votes,     # running state: (BM, DV), (BM,), (BM,) log2 units, (W_PAD,), (BM,)
     t, votes_row,                        # visit position; deferred votes of this query tile (DEFER_VOTE)
+    gaps_row,                            # this query tile's row of tile gaps (WRITE_GAPS)
     q, q_scale,
     K, V, k_scale_row,
     b, kv_col, kv_col_v,
@@ -91,6 +92,7 @@ def _attn_fwd_inner(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     EVEN_N: tl.constexpr,        # Sk % BLOCK_N == 0: no padded keys anywhere
     WRITE_BITS: tl.constexpr,    # run the skip test and accumulate the next state
+    WRITE_GAPS: tl.constexpr,    # store the tile's gap, the largest m_tile - m_run over valid rows
     DEFER_VOTE: tl.constexpr,    # keep per-row votes, OR them across rows after the kernel (no barrier here)
     USE_INT8: tl.constexpr,
     UPCAST: tl.constexpr,        # do the dots in fp32 (interpreter: bf16 dots are broken there)
@@ -121,8 +123,11 @@ def _attn_fwd_inner(
         qk = qk + tl.where(j * BLOCK_N + offs_n < Sk, 0.0, float("-inf"))[None, :]
     m_tile = tl.max(qk, 1) * factor
     # -- skip test: a valid row needs the tile iff m_tile - m_run > threshold (m_run = -inf: always) --
+    # The vote and the gap read the same rise, so ``gap > thr`` is the written bit exactly: a max over rows
+    # exceeds thr iff some row does.
+    rise = m_tile - m_i
     if WRITE_BITS:
-        need = ((m_tile - m_i) > thr) & row_valid
+        need = (rise > thr) & row_valid
         if DEFER_VOTE:
             # bit t % 32 of each row's word for the window t // 32 of visited tiles; stored every step so
             # the loop has no branch (the same 512 bytes are rewritten until the window moves on)
@@ -132,6 +137,10 @@ def _attn_fwd_inner(
         else:
             need_any = tl.max(need.to(tl.int32), 0)
             words = words | tl.where(w_offs == j // 32, need_any << (j % 32), 0)
+    if WRITE_GAPS:
+        # padded rows hold zero queries and must not raise the gap; j may be BLOCK_N copies of the index
+        # (IDX_VEC), which all store the same value
+        tl.store(gaps_row + j, tl.max(tl.where(row_valid, rise, float("-inf")), 0))
     # -- online softmax --
     m_new = tl.maximum(m_i, m_tile)
     p = tl.math.exp2(tl.fma(qk, factor, -m_new[:, None]))  # one FMA per score, with or without fp fusion
@@ -153,6 +162,7 @@ def _attn_fwd_tile(
     QScale, KScale,                           # int8 scales: fp32 (B, H, QT), (B, Hkv, KT)
     Count, Index, WBits,                      # compact keep list (rows,), (rows, KT); next state (rows, W)
     Votes,                                    # int32 (rows, ceil(KT/32), BM) deferred votes (DEFER_VOTE)
+    TileGaps,                                 # fp32 (rows, KT) gaps of computed tiles (WRITE_GAPS)
     stride_qb, stride_qs, stride_qh,          # Q (B, Sq, H, D) or its int8 copy
     stride_kb, stride_ks, stride_kh,          # K (B, Sk, Hkv, D) or its int8 copy
     stride_vb, stride_vs, stride_vh,          # V (B, Sk, Hkv, DV)
@@ -165,7 +175,7 @@ def _attn_fwd_tile(
     W_PAD: tl.constexpr,
     DENSE: tl.constexpr, REVERSE: tl.constexpr,
     EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
-    WRITE_BITS: tl.constexpr, USE_INT8: tl.constexpr,
+    WRITE_BITS: tl.constexpr, WRITE_GAPS: tl.constexpr, USE_INT8: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
     USE_DESC: tl.constexpr, DEFER_VOTE: tl.constexpr, WARP_SPEC: tl.constexpr,
     IDX_MODE: tl.constexpr,
@@ -212,6 +222,7 @@ def _attn_fwd_tile(
     row_votes = tl.zeros([BLOCK_M], dtype=tl.int32)
     offs_m_local = tl.arange(0, BLOCK_M)
     votes_row = Votes + tile_id.to(tl.int64) * (((KT + 31) // 32) * BLOCK_M)
+    gaps_row = TileGaps + tile_id.to(tl.int64) * KT
 
     if DENSE:
         count = KT
@@ -248,10 +259,10 @@ def _attn_fwd_tile(
             j1 = j2
             j2 = tl.load(idx_row + t + 3, mask=t + 3 < count, other=0)
         acc, l_i, m_i, words, row_votes = _attn_fwd_inner(
-            acc, l_i, m_i, words, row_votes, t, votes_row, q, q_scale, K_base, V_base, k_scale_row,
+            acc, l_i, m_i, words, row_votes, t, votes_row, gaps_row, q, q_scale, K_base, V_base, k_scale_row,
             b, hk * HEAD_DIM, hk * HEAD_DIM_V, stride_ks, stride_vs, j, Sk, qk_scale, thr,
             row_valid, offs_m_local, offs_n, offs_d, offs_dv, w_offs,
-            HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD, BLOCK_M, BLOCK_N, EVEN_N, WRITE_BITS, DEFER_VOTE,
+            HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD, BLOCK_M, BLOCK_N, EVEN_N, WRITE_BITS, WRITE_GAPS, DEFER_VOTE,
             USE_INT8, UPCAST, DOT_PREC, USE_DESC and (IDX_MODE != 3 or DENSE), IDX_MODE == 3 and not DENSE)
 
     # -- epilogue: rows with no computed tile get out = 0, lse = -inf --
@@ -275,6 +286,7 @@ def _attn_fwd(
     Q, K, V, Out, Lse, Thr,
     QScale, KScale,
     Count, Index, WBits, Votes,
+    TileGaps,                                 # fp32 (B, H, QT, KT), pre-filled with -inf (WRITE_GAPS)
     Order,                                    # int32 (num_tiles,): tiles by decreasing work (persistent only)
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
@@ -290,6 +302,7 @@ def _attn_fwd(
     DENSE: tl.constexpr, REVERSE: tl.constexpr,
     EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
     WRITE_BITS: tl.constexpr, USE_INT8: tl.constexpr,
+    WRITE_GAPS: tl.constexpr,                 # report every computed tile's gap (calibration probes)
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
     USE_DESC: tl.constexpr,                   # TMA tensor descriptors over (B, S, heads * D) views
     DEFER_VOTE: tl.constexpr,                 # skip-test votes reduced across rows by _pack_votes
@@ -316,21 +329,23 @@ def _attn_fwd(
             tile_id = tl.load(Order + work)
             _attn_fwd_tile(
                 tile_id, q_src, k_src, v_src, Out, Lse, Thr, K, V, QScale, KScale, Count, Index, WBits, Votes,
-                stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
+                TileGaps, stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
                 stride_vb, stride_vs, stride_vh, stride_ob, stride_os, stride_oh,
                 H, GROUP, Sq, Sk, QT, KT, W, qk_scale,
                 HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD, BLOCK_M, BLOCK_N, W_PAD, DENSE, REVERSE,
-                EVEN_M, EVEN_N, WRITE_BITS, USE_INT8, UPCAST, DOT_PREC, USE_DESC, DEFER_VOTE, WARP_SPEC, IDX_MODE)
+                EVEN_M, EVEN_N, WRITE_BITS, WRITE_GAPS, USE_INT8, UPCAST, DOT_PREC, USE_DESC, DEFER_VOTE, WARP_SPEC,
+                IDX_MODE)
     else:
         # grid (QT, B * H): consecutive programs share K/V of one head in L2
         tile_id = tl.program_id(1) * QT + tl.program_id(0)
         _attn_fwd_tile(
             tile_id, q_src, k_src, v_src, Out, Lse, Thr, K, V, QScale, KScale, Count, Index, WBits, Votes,
-            stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
+            TileGaps, stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
             stride_vb, stride_vs, stride_vh, stride_ob, stride_os, stride_oh,
             H, GROUP, Sq, Sk, QT, KT, W, qk_scale,
             HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD, BLOCK_M, BLOCK_N, W_PAD, DENSE, REVERSE,
-            EVEN_M, EVEN_N, WRITE_BITS, USE_INT8, UPCAST, DOT_PREC, USE_DESC, DEFER_VOTE, WARP_SPEC, IDX_MODE)
+            EVEN_M, EVEN_N, WRITE_BITS, WRITE_GAPS, USE_INT8, UPCAST, DOT_PREC, USE_DESC, DEFER_VOTE, WARP_SPEC,
+            IDX_MODE)
 
 
 @triton.jit
