@@ -14,6 +14,7 @@ Example (``num_steps = 3``)::
     metric = "rel_l1"
     target_error = 0.01
     ...
+    sample_query_tiles = 16            # absent when every query tile was measured
 
     [modules."blocks.0.attn1.lite"]
     heads = 2
