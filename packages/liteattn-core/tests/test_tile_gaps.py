@@ -1,6 +1,7 @@
 """probe_tile_gaps: the keep bits of any threshold, read off one call that leaves the state alone."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -96,3 +97,15 @@ def test_tile_gaps_available_runs_nothing():
     assert tile_gaps_available(q, q, q, state, backend="reference")
     assert state.shape_key is None  # not even fitted to the call
     assert not tile_gaps_available(q[:, :0], q, q, state)  # empty inputs are not probed
+
+
+def test_tile_gaps_available_leaves_a_state_of_another_shape_alone():
+    q = torch.randn(1, 64, 2, 32)
+    state = liteattn.SkipState(32, 32)
+    liteattn.lite_attention(q, q, q, state)
+    key, bits = state.shape_key, state.read_bits.clone()
+    longer = torch.randn(1, 96, 2, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "input shape changed" warning: nothing is reset
+        assert tile_gaps_available(longer, longer, longer, state)
+    assert state.shape_key == key and torch.equal(state.read_bits, bits)

@@ -128,7 +128,8 @@ def tile_gaps_available(query, key, value, state: SkipState | None, *, scale=Non
                         must_skip_list: Ranges = None, use_int8=False, backend: str | None = None) -> bool:
     """Whether :func:`probe_tile_gaps` with these arguments would report gaps: the backend chosen for the call
     can fill them, and the inputs are not empty. Runs nothing and leaves ``state`` as it is."""
-    probed = state.clone() if state is not None else None
+    # A fresh state of the same tile shape builds the same call (bits aside) without copying or resetting anything.
+    probed = SkipState(*state._requested_blocks) if state is not None else None
     prepared = _prepare(query, key, value, probed, threshold=-math.inf, scale=scale, must_do_list=must_do_list,
                         must_skip_list=must_skip_list, use_int8=use_int8, write=False)
     if prepared is None:
