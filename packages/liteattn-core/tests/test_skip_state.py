@@ -81,3 +81,5 @@ def test_select_query_tiles_rejects_bad_indices():
     for bad in ([], [2, 1], [0, 0], [4], [-1], [0.5]):
         with pytest.raises(ValueError, match="query tiles"):
             state.select_query_tiles(bad)
+        with pytest.raises(ValueError, match="query tiles"):
+            state.query_rows(bad)

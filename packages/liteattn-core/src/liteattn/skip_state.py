@@ -152,7 +152,7 @@ class SkipState:
         index = self._check_query_tiles(tiles)
         selected = SkipState(*self._requested_blocks)
         selected.block_m, selected.block_n = self.block_m, self.block_n
-        q_len = self.query_rows(index).numel()
+        q_len = tile_rows(index, self.shape_key.q_len, self.block_m).numel()
         key = self.shape_key
         selected.shape_key = ShapeKey(key.batch, key.heads, q_len, key.k_len, key.head_dim, key.device)
         selected._buffers = self._buffers[:, :, :, index.to(self._buffers.device)].clone()
@@ -160,9 +160,11 @@ class SkipState:
         return selected
 
     def query_rows(self, tiles) -> torch.Tensor:
-        """Int64 indices (on the state's device) of the query rows that query tiles ``tiles`` cover, in order."""
+        """Int64 indices (on the state's device) of the query rows that query tiles ``tiles`` (strictly
+        increasing) cover, in order: the query of a call on :meth:`select_query_tiles`'s state."""
         self._require_initialised()
-        return tile_rows(tiles, self.shape_key.q_len, self.block_m, device=self.shape_key.device)
+        index = self._check_query_tiles(tiles)
+        return tile_rows(index, self.shape_key.q_len, self.block_m, device=self.shape_key.device)
 
     def _check_query_tiles(self, tiles) -> torch.Tensor:
         index = torch.as_tensor(tiles).flatten()
