@@ -88,6 +88,7 @@ def gpu(session: nox.Session) -> None:
     session.run("python", "bench/parity.py", "--steps", "4", "--json", str(out / "parity.json"), external=True)
     if "--no-bench" not in session.posargs and (ROOT / "bench" / "harness.py").exists():
         session.run("python", "bench/harness.py", "--out", str(out), external=True)
+        session.run("python", "bench/calib_cost.py", "--json", str(out / "calib-cost.json"), external=True)
 
 
 @nox.session(venv_backend="none")

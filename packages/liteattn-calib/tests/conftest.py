@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from liteattn import LiteAttention
+from liteattn import LiteAttention, dispatch
+from liteattn.backend import Capabilities
+from liteattn.reference import ReferenceBackend
 from liteattn.testing import video_qkv
 
 # The reference backend runs many tiny ops; on a shared 2-core machine, threads fighting over them cost 5x.
@@ -54,3 +56,22 @@ def model():
 
 
 FAST = dict(progress=False, max_iters=12)
+
+
+class ReferenceWithoutGaps(ReferenceBackend):
+    """The reference, minus tile gaps: what calibration sees with a backend that cannot report them."""
+
+    name, priority = "nogaps", 99
+
+    def capabilities(self):
+        caps = super().capabilities()
+        return Capabilities(caps.devices, caps.dtypes, caps.head_dims, caps.int8, caps.writes_state)
+
+
+@pytest.fixture
+def nogaps_backend(monkeypatch):
+    """Register :class:`ReferenceWithoutGaps` as backend ``"nogaps"`` next to the reference."""
+    registered = {"reference": ReferenceBackend, "nogaps": ReferenceWithoutGaps}
+    monkeypatch.setattr(dispatch, "_registered", lambda: registered)
+    monkeypatch.setattr(dispatch, "_load", lambda name: registered[name]())
+    return "nogaps"

@@ -3,19 +3,8 @@
 import torch
 
 import liteattn
-from liteattn import dispatch
-from liteattn.backend import Capabilities
-from liteattn.reference import ReferenceBackend
 from liteattn.testing import video_qkv
 from liteattn_calib import CalibConfig, calibrate_call
-
-
-class ReferenceWithoutGaps(ReferenceBackend):
-    name, priority = "nogaps", 99
-
-    def capabilities(self):
-        caps = super().capabilities()
-        return Capabilities(caps.devices, caps.dtypes, caps.head_dims, caps.int8, caps.writes_state)
 
 
 def _calibrate(backend):
@@ -29,12 +18,9 @@ def _calibrate(backend):
     return result
 
 
-def test_gap_path_equals_two_call_path(monkeypatch):
-    registered = {"reference": ReferenceBackend, "nogaps": ReferenceWithoutGaps}
-    monkeypatch.setattr(dispatch, "_registered", lambda: registered)
-    monkeypatch.setattr(dispatch, "_load", lambda name: registered[name]())
+def test_gap_path_equals_two_call_path(nogaps_backend):
     with_gaps = _calibrate("reference")
-    without_gaps = _calibrate("nogaps")
+    without_gaps = _calibrate(nogaps_backend)
     assert torch.equal(with_gaps.thresholds, without_gaps.thresholds)
     assert torch.equal(with_gaps.errors, without_gaps.errors)
     assert with_gaps.evaluations == without_gaps.evaluations > 1

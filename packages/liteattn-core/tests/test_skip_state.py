@@ -1,11 +1,13 @@
 """The packed keep-bitmask and the SkipState value."""
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import liteattn
 from liteattn.skip_state import pack_keep_mask, unpack_keep_mask
+from liteattn.testing import video_qkv
 
 
 @settings(max_examples=50, deadline=None)
@@ -44,3 +46,40 @@ def test_clone_is_independent():
     liteattn.lite_attention(torch.randn_like(q), q, q, copy, threshold=-0.1)
     assert copy.call_count == 2 and state.call_count == 1
     assert copy.read_bits.data_ptr() != state.read_bits.data_ptr()
+
+
+@pytest.mark.parametrize("calls_before", [1, 2])  # ascending and descending visits
+def test_selected_query_tiles_run_as_in_the_full_call(calls_before):
+    """A call on the rows of some query tiles, with their slice of the state, reads, computes and writes
+    what the full call does for those tiles (the last, partial tile included)."""
+    q, k, v = video_qkv(frames=2, height=8, width=9, heads=3, head_dim=32, step=6, num_steps=10)  # 144 rows
+    ranges = {"must_do_list": [40, 50], "must_skip_list": [100, 110]}
+    state = liteattn.SkipState(32, 16)
+    for _ in range(calls_before):
+        liteattn.lite_attention(q, k, v, state, threshold=-4.0, **ranges)
+    tiles = [0, 2, 4]  # tile 4 holds rows 128..143 only
+    selected = state.select_query_tiles(tiles)
+    rows = state.query_rows(tiles)
+    assert rows.tolist() == [*range(0, 32), *range(64, 96), *range(128, 144)]
+    assert selected.q_tiles == 3 and selected.call_count == state.call_count
+    assert torch.equal(selected.read_bits, state.read_bits[:, :, tiles])
+
+    full = state.clone()
+    out = liteattn.lite_attention(q, k, v, full, threshold=-6.0, **ranges)
+    part = liteattn.lite_attention(q[:, rows], k, v, selected, threshold=-6.0, **ranges)
+    assert torch.equal(part, out[:, rows])
+    assert torch.equal(selected.read_bits, full.read_bits[:, :, tiles])  # what each wrote
+    assert state.call_count == calls_before  # the selection is a copy
+
+
+def test_select_query_tiles_rejects_bad_indices():
+    q = torch.randn(1, 100, 2, 32)
+    state = liteattn.SkipState(32, 32)
+    with pytest.raises(RuntimeError, match="has not seen a call"):
+        state.select_query_tiles([0])
+    liteattn.lite_attention(q, q, q, state)
+    for bad in ([], [2, 1], [0, 0], [4], [-1], [0.5]):
+        with pytest.raises(ValueError, match="query tiles"):
+            state.select_query_tiles(bad)
+        with pytest.raises(ValueError, match="query tiles"):
+            state.query_rows(bad)

@@ -1,14 +1,19 @@
-"""Calibrate one attention call: find the per-head thresholds, leaving the layer's skip state untouched.
+"""Calibrate one attention call: find the per-head thresholds (and, on request, make the call at them).
 
 A is the attention that reads the inherited state. Its output does not depend on the threshold (the
 threshold only decides what the call *writes*), so one call gives it. B, for a candidate threshold, is the
 attention that reads the keep bits the call would write at that threshold, as the next denoising step would.
 
-When the backend reports tile gaps (:func:`liteattn.functional.probe_tile_gaps`), the one call that gives A
-also gives every candidate's keep bits, and each candidate costs one call (B). Otherwise a scratch copy of
-the state runs the call at the candidate (writing its bits) before B: two calls per candidate. Both ways
-produce the same bits. The committed call at the chosen thresholds is the caller's, so a run that loads the
-chosen thresholds repeats the calibrated run exactly.
+When the backend reports tile gaps (:func:`liteattn.functional.probe_tile_gaps`), the one full call that gives
+A also gives every candidate's keep bits, and each candidate costs one call (B). That call is also the call at
+the chosen thresholds: its output is A, and its written bits are the chosen thresholds' keep bits, so
+committing it costs no further call. Otherwise each candidate costs two calls (write the candidate's bits on
+a scratch copy of the state, then B; the first of them also gives A), and the call at the chosen thresholds
+runs once more. Both ways produce the same bits.
+
+With ``CalibConfig.sample_query_tiles``, candidates are evaluated on the rows of a fixed, evenly spaced sample
+of query tiles only (:meth:`liteattn.SkipState.select_query_tiles`); A, its output and the state committed
+stay those of the full call.
 """
 
 from __future__ import annotations
@@ -17,21 +22,26 @@ from dataclasses import dataclass
 
 import torch
 
-from liteattn.functional import probe_tile_gaps, run_attention
-from liteattn.skip_state import SkipState
+from liteattn.functional import probe_tile_gaps, run_attention, tile_gaps_available
+from liteattn.skip_state import ShapeKey, SkipState
+from liteattn.tiles import num_tiles
 
 from .bisect import bisect_thresholds
 from .metrics import per_head_error
 from .settings import CalibConfig
 
-__all__ = ["CallResult", "calibrate_call", "scratch_copy"]
+__all__ = ["CallResult", "calibrate_call", "sample_query_tiles", "scratch_copy"]
 
 
 @dataclass(frozen=True)
 class CallResult:
     thresholds: torch.Tensor  # float32 (H,)
     errors: torch.Tensor  # float64 (H,), at the chosen thresholds
-    evaluations: int
+    evaluations: int  # candidates evaluated (bisection iterations, endpoints included)
+    # The call at the chosen thresholds, with ``commit=True`` only (None otherwise):
+    out: torch.Tensor | None = None  # (B, Sq, H, Dv)
+    lse: torch.Tensor | None = None  # (B, H, Sq) float32
+    sparsity: float | None = None
 
 
 def scratch_copy(state: SkipState) -> SkipState:
@@ -39,23 +49,91 @@ def scratch_copy(state: SkipState) -> SkipState:
     return state.clone()
 
 
-def calibrate_call(query, key, value, state: SkipState, config: CalibConfig, **run_kwargs) -> CallResult:
+def sample_query_tiles(q_tiles: int, count: int | None) -> torch.Tensor | None:
+    """``count`` evenly spaced query tiles out of ``q_tiles`` (the middle of ``count`` equal strata), as int64
+    indices; None when ``count`` is None or covers every tile. Deterministic: every candidate of a call, and
+    every run, sees the same tiles."""
+    if count is None or count >= q_tiles:
+        return None
+    return (torch.arange(count, dtype=torch.int64) * 2 + 1) * q_tiles // (2 * count)
+
+
+def calibrate_call(
+    query, key, value, state: SkipState, config: CalibConfig, *, commit: bool = False, **run_kwargs
+) -> CallResult:
     """Bisect the thresholds of one call. ``run_kwargs`` are :func:`liteattn.functional.run_attention`'s
-    keyword arguments other than ``threshold`` (scale, must-do/skip lists, use_int8, backend)."""
-    heads = query.shape[2]
+    keyword arguments other than ``threshold`` (scale, must-do/skip lists, use_int8, backend).
+
+    With ``commit=False`` the state keeps its bits and call counter. With ``commit=True`` the call at the
+    chosen thresholds is made as well: ``state`` advances exactly as that call advances it, and the result
+    holds its ``out``, ``lse`` and ``sparsity``. With tile gaps this costs no further attention call.
+    """
     with torch.no_grad():
-        probe = probe_tile_gaps(query, key, value, state, **run_kwargs)  # A is probe.out
+        if tile_gaps_available(query, key, value, state, **run_kwargs):
+            probe = probe_tile_gaps(query, key, value, state, **run_kwargs)
+            if probe.gaps is not None:
+                return _from_gaps(probe, query, key, value, state, config, commit, run_kwargs)
+        return _by_running(query, key, value, state, config, commit, run_kwargs)
+
+
+def _from_gaps(
+    probe, query, key, value, state: SkipState, config: CalibConfig, commit: bool, run_kwargs: dict
+) -> CallResult:
+    """A is ``probe.out``; a candidate's bits are read off the gaps; one (sampled) call per candidate."""
+    tiles = sample_query_tiles(state.q_tiles, config.sample_query_tiles)
+    if tiles is None:
+        q_eval, reference = query, probe.out
+    else:
+        rows = state.query_rows(tiles)
+        q_eval, reference = query[:, rows], probe.out[:, rows]
 
     def evaluate(thresholds: torch.Tensor) -> torch.Tensor:
-        scratch = scratch_copy(state)
-        if probe.gaps is not None:  # the candidate's bits, read off the probe
-            scratch.write_bits.copy_(probe.keep_bits(thresholds))
-            scratch.advance(probe.forced_bits)
-        else:  # the candidate's bits, written by running the call
-            run_attention(query, key, value, scratch, threshold=thresholds, **run_kwargs)
-        b, _, _ = run_attention(query, key, value, scratch, threshold=thresholds, **run_kwargs)
-        return per_head_error(config.metric, probe.out, b)
+        scratch = scratch_copy(state) if tiles is None else state.select_query_tiles(tiles)
+        scratch.write_bits.copy_(probe.keep_bits(thresholds, tiles))
+        scratch.advance(probe.forced_bits)
+        b, _, _ = run_attention(q_eval, key, value, scratch, threshold=thresholds, **run_kwargs)
+        return per_head_error(config.metric, reference, b)
 
-    with torch.no_grad():
-        result = bisect_thresholds(evaluate, heads, config)
-    return CallResult(result.thresholds, result.errors, result.evaluations)
+    result = bisect_thresholds(evaluate, query.shape[2], config)
+    if not commit:
+        return CallResult(result.thresholds, result.errors, result.evaluations)
+    probe.commit(state, result.thresholds)
+    return CallResult(result.thresholds, result.errors, result.evaluations, probe.out, probe.lse, probe.sparsity)
+
+
+def _by_running(query, key, value, state: SkipState, config: CalibConfig, commit: bool, run_kwargs: dict) -> CallResult:
+    """Without gaps: per candidate, a scratch state runs the call (writing the candidate's bits; the output of
+    the first such call is A), then B reads them. Both calls run on the sampled query tiles."""
+    tiles = _sample_for(query, key, state, config)
+    if tiles is None:
+        q_eval, base = query, state
+    else:
+        q_eval, base = query[:, state.query_rows(tiles)], state.select_query_tiles(tiles)
+    reference = None
+
+    def evaluate(thresholds: torch.Tensor) -> torch.Tensor:
+        nonlocal reference
+        scratch = scratch_copy(base)
+        a, _, _ = run_attention(q_eval, key, value, scratch, threshold=thresholds, **run_kwargs)
+        if reference is None:  # reads the inherited state like every write call: A, computed once
+            reference = a
+        b, _, _ = run_attention(q_eval, key, value, scratch, threshold=thresholds, **run_kwargs)
+        return per_head_error(config.metric, reference, b)
+
+    result = bisect_thresholds(evaluate, query.shape[2], config)
+    if not commit:
+        return CallResult(result.thresholds, result.errors, result.evaluations)
+    out, lse, sparsity = run_attention(query, key, value, state, threshold=result.thresholds, **run_kwargs)
+    return CallResult(result.thresholds, result.errors, result.evaluations, out, lse, sparsity)
+
+
+def _sample_for(query, key, state: SkipState, config: CalibConfig) -> torch.Tensor | None:
+    """The sampled query tiles of a call that runs its candidates, or None for every tile. Sampling needs the
+    state's geometry: the state is fitted to the call's shape first, as the call itself would fit it."""
+    batch, q_len, heads, head_dim = query.shape
+    if config.sample_query_tiles is None or q_len == 0 or key.shape[1] == 0:
+        return None
+    if state.block_m is not None and config.sample_query_tiles >= num_tiles(q_len, state.block_m):
+        return None  # every tile: leave the state as it is
+    state.prepare(ShapeKey(batch, heads, q_len, key.shape[1], head_dim, query.device))
+    return sample_query_tiles(state.q_tiles, config.sample_query_tiles)

@@ -14,6 +14,7 @@ Example (``num_steps = 3``)::
     metric = "rel_l1"
     target_error = 0.01
     ...
+    sample_query_tiles = 16            # absent when every query tile was measured
 
     [modules."blocks.0.attn1.lite"]
     heads = 2
@@ -62,6 +63,7 @@ class CalibrationInfo(BaseModel):
     max_iters: int
     resolution: float = 0.0
     bounds: tuple[float, float]
+    sample_query_tiles: int | None = None  # absent: every query tile
 
 
 class ModuleTable(BaseModel):
@@ -91,7 +93,8 @@ class ThresholdFile(BaseModel):
 def calibration_info(config: CalibConfig) -> CalibrationInfo:
     return CalibrationInfo(metric=config.metric, target_error=config.target_error,
                            rel_tolerance=config.rel_tolerance, max_iters=config.max_iters,
-                           resolution=config.resolution, bounds=(config.lower, config.upper))
+                           resolution=config.resolution, bounds=(config.lower, config.upper),
+                           sample_query_tiles=config.sample_query_tiles)
 
 
 def read_file(path: str | Path) -> ThresholdFile:

@@ -214,11 +214,15 @@ class LiteAttentionRegistry(AbstractContextManager):
         if entry == DISABLED:
             thresholds = None
             out, lse, sparsity = run_attention(query, key, value, None, threshold=0.0, **kwargs)
+        elif entry == CALIBRATE and step not in layer.chosen:
+            # The step's first call calibrates and is committed at the chosen thresholds (with tile gaps, by
+            # the calibration's own full call); later calls of the step reuse the choice.
+            result = calibrate_call(query, key, value, state, self.calib_config, commit=True, **kwargs)
+            layer.chosen[step], layer.errors[step] = result.thresholds, result.errors
+            thresholds, errors = result.thresholds, result.errors
+            out, lse, sparsity = result.out, result.lse, result.sparsity
         else:
             if entry == CALIBRATE:
-                if step not in layer.chosen:  # the step's first call calibrates; later calls reuse its choice
-                    result = calibrate_call(query, key, value, state, self.calib_config, **kwargs)
-                    layer.chosen[step], layer.errors[step] = result.thresholds, result.errors
                 thresholds, errors = layer.chosen[step], layer.errors[step]
             else:
                 thresholds = torch.as_tensor(entry, dtype=torch.float32)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = ["CALIBRATE", "DISABLED", "CalibConfig", "StepEntry", "entry_label", "normalize_entry"]
 
@@ -26,6 +26,11 @@ class CalibConfig(BaseModel):
     a step function of the threshold, so the 10% window is often empty and the last halvings only chase the
     step's edge; ``resolution=0`` turns this stop off). The chosen threshold is the largest one tried whose
     error is within the target.
+
+    ``sample_query_tiles`` (default 16) evaluates each candidate on that many evenly spaced query tiles only
+    (the same tiles for every candidate of a call): B runs on their query rows and the error is measured
+    against A's rows of the same tiles, so a candidate costs ``sample_query_tiles / q_tiles`` of a full call.
+    ``None``, or a value at least the call's number of query tiles, evaluates every tile.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -37,8 +42,16 @@ class CalibConfig(BaseModel):
     resolution: float = Field(1 / 64, ge=0)
     lower: float = -20.0
     upper: float = 0.0
+    sample_query_tiles: int | None = 16
     num_steps: int | None = Field(None, ge=1, description="Steps of the run, for the progress bar only")
     progress: bool = True
+
+    @field_validator("sample_query_tiles", mode="before")
+    @classmethod
+    def _sample(cls, value):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"sample_query_tiles must be None (every query tile) or an int >= 1; got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _bracket(self) -> CalibConfig:

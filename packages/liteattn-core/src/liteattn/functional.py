@@ -16,7 +16,7 @@ from .skip_state import ShapeKey, SkipState, pack_keep_mask
 from .tiles import default_tile_shape, num_tiles, ranges_to_tile_mask, ranges_to_token_mask, validate_ranges
 from .validation import check_qkv, check_scale, head_thresholds
 
-__all__ = ["TileGapProbe", "lite_attention", "probe_tile_gaps", "run_attention"]
+__all__ = ["TileGapProbe", "lite_attention", "probe_tile_gaps", "run_attention", "tile_gaps_available"]
 
 logger = logging.getLogger("liteattn")
 
@@ -76,11 +76,30 @@ class TileGapProbe:
     lse: torch.Tensor  # (B, H, Sq) float32
     gaps: torch.Tensor | None  # float32 (B, H, q_tiles, k_tiles); None when the backend cannot report them
     forced_bits: torch.Tensor  # packed must-do tiles that are not must-skipped: always kept
+    sparsity: float = 0.0  # fraction of key tiles the call skipped, as run_attention reports it
 
-    def keep_bits(self, threshold: torch.Tensor) -> torch.Tensor:
-        """The keep bits the call would write at ``threshold`` ((H,) float32, log2 units)."""
-        verdict = self.gaps > threshold.to(self.gaps.device).view(1, -1, 1, 1)
+    def keep_bits(self, threshold: torch.Tensor, query_tiles: torch.Tensor | None = None) -> torch.Tensor:
+        """The keep bits the call would write at ``threshold`` ((H,) float32, log2 units); with
+        ``query_tiles`` (indices), only the rows of those query tiles, in that order."""
+        gaps = self.gaps if query_tiles is None else self.gaps[:, :, torch.as_tensor(query_tiles).to(self.gaps.device)]
+        verdict = gaps > threshold.to(self.gaps.device).view(1, -1, 1, 1)
         return pack_keep_mask(verdict)
+
+    def commit(self, state: SkipState, threshold: torch.Tensor) -> None:
+        """Advance ``state`` as the probed call at ``threshold`` would have, without running it again.
+
+        ``state`` must be the state that was probed, unchanged since. The call's output does not depend on
+        the threshold, so ``out`` and ``lse`` are that call's; its written bits are ``keep_bits(threshold)``
+        plus the forced tiles, exactly what the backend and :meth:`SkipState.advance` would produce.
+        """
+        if self.gaps is None:
+            raise ValueError("this probe has no tile gaps (the backend cannot report them); run the call instead")
+        bits = self.keep_bits(threshold.to(torch.float32).flatten().expand(self.gaps.shape[1]))
+        if state.shape_key is None or state.write_bits.shape != bits.shape:
+            raise ValueError("commit() needs the state that was probed")
+        state.write_bits.copy_(bits)
+        state.advance(self.forced_bits)
+        state.last_sparsity = self.sparsity
 
 
 def probe_tile_gaps(query, key, value, state: SkipState, *, scale=None, must_do_list: Ranges = None,
@@ -102,7 +121,20 @@ def probe_tile_gaps(query, key, value, state: SkipState, *, scale=None, must_do_
                            device=query.device)
         call = replace(call, tile_gaps=gaps)
     out, lse = _forward(chosen, call, query, key)
-    return TileGapProbe(out, lse, gaps, forced_bits)
+    return TileGapProbe(out, lse, gaps, forced_bits, _sparsity(call))
+
+
+def tile_gaps_available(query, key, value, state: SkipState | None, *, scale=None, must_do_list: Ranges = None,
+                        must_skip_list: Ranges = None, use_int8=False, backend: str | None = None) -> bool:
+    """Whether :func:`probe_tile_gaps` with these arguments would report gaps: the backend chosen for the call
+    can fill them, and the inputs are not empty. Runs nothing and leaves ``state`` as it is."""
+    # A fresh state of the same tile shape builds the same call (bits aside) without copying or resetting anything.
+    probed = SkipState(*state._requested_blocks) if state is not None else None
+    prepared = _prepare(query, key, value, probed, threshold=-math.inf, scale=scale, must_do_list=must_do_list,
+                        must_skip_list=must_skip_list, use_int8=use_int8, write=False)
+    if prepared is None:
+        return False
+    return bool(select_backend(prepared[0], backend).capabilities().tile_gaps)
 
 
 def _prepare(query, key, value, state, *, threshold, scale, must_do_list, must_skip_list, use_int8, write):

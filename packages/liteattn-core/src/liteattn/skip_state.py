@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .tiles import default_tile_shape, num_tiles
+from .tiles import default_tile_shape, num_tiles, tile_rows
 
 __all__ = ["SkipState", "ShapeKey", "pack_keep_mask", "unpack_keep_mask"]
 
@@ -138,6 +138,43 @@ class SkipState:
     def clone(self) -> SkipState:
         """An independent copy, buffers included: calls on it never touch this state (calibration, tests)."""
         return copy.deepcopy(self)
+
+    def select_query_tiles(self, tiles) -> SkipState:
+        """An independent state holding only the rows of query tiles ``tiles`` (strictly increasing indices).
+
+        Query tile ``tiles[i]`` becomes query tile ``i`` of the new state, and the call counter (hence the
+        visit direction) is kept. A call with ``query[:, self.query_rows(tiles)]`` on the new state reads,
+        computes and writes, for those tiles, exactly what the same call with the full query on this state
+        would: rows of different query tiles never interact. Calibration uses it to evaluate a candidate on a
+        sample of the query tiles.
+        """
+        self._require_initialised()
+        index = self._check_query_tiles(tiles)
+        selected = SkipState(*self._requested_blocks)
+        selected.block_m, selected.block_n = self.block_m, self.block_n
+        q_len = tile_rows(index, self.shape_key.q_len, self.block_m).numel()
+        key = self.shape_key
+        selected.shape_key = ShapeKey(key.batch, key.heads, q_len, key.k_len, key.head_dim, key.device)
+        selected._buffers = self._buffers[:, :, :, index.to(self._buffers.device)].clone()
+        selected.call_count = self.call_count
+        return selected
+
+    def query_rows(self, tiles) -> torch.Tensor:
+        """Int64 indices (on the state's device) of the query rows that query tiles ``tiles`` (strictly
+        increasing) cover, in order: the query of a call on :meth:`select_query_tiles`'s state."""
+        self._require_initialised()
+        index = self._check_query_tiles(tiles)
+        return tile_rows(index, self.shape_key.q_len, self.block_m, device=self.shape_key.device)
+
+    def _check_query_tiles(self, tiles) -> torch.Tensor:
+        index = torch.as_tensor(tiles).flatten()
+        if index.dtype.is_floating_point or index.dtype == torch.bool:
+            raise ValueError(f"query tiles must be integer indices; got dtype {index.dtype}")
+        index = index.to(device="cpu", dtype=torch.int64)
+        if index.numel() == 0 or index[0] < 0 or index[-1] >= self.q_tiles or (index.diff() <= 0).any():
+            raise ValueError(f"query tiles must be strictly increasing indices in [0, {self.q_tiles}); "
+                             f"got {index.tolist()}")
+        return index
 
     def reset(self) -> None:
         """Back to "compute every tile" on the next call (geometry and shape are kept)."""

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["default_tile_shape", "num_tiles", "ranges_to_tile_mask", "validate_ranges"]
+__all__ = ["default_tile_shape", "num_tiles", "ranges_to_tile_mask", "tile_rows", "validate_ranges"]
 
 
 def default_tile_shape(head_dim: int) -> tuple[int, int]:
@@ -24,6 +24,14 @@ def default_tile_shape(head_dim: int) -> tuple[int, int]:
 
 def num_tiles(length: int, block: int) -> int:
     return -(-length // block)
+
+
+def tile_rows(tiles: Sequence[int] | torch.Tensor, length: int, block: int, device=None) -> torch.Tensor:
+    """Int64 indices of the tokens that ``tiles`` cover, tile by tile in the given order (the last tile of the
+    sequence clipped to ``length``): ``query[:, tile_rows(tiles, Sq, block_m)]`` keeps those query tiles' rows."""
+    tiles = torch.as_tensor(tiles, dtype=torch.int64, device=device).flatten()
+    rows = (tiles[:, None] * block + torch.arange(block, device=tiles.device)).flatten()
+    return rows[rows < length]
 
 
 def validate_ranges(ranges: Sequence[int] | torch.Tensor | None, seq_len: int, name: str) -> list[int]:

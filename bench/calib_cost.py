@@ -1,0 +1,248 @@
+"""Calibration cost: a calibration run against a normal run of the same layers and steps.
+
+A few LiteAttention layers (one skip state each; layer l attends with a softmax scale of its own, so that the
+layers differ in sharpness) run the synthetic video workload (``liteattn.testing.video_qkv``, sharper with
+every step) for ``--steps`` denoising steps under a ``LiteAttentionRegistry``:
+
+* ``normal``: mode ``const`` at ``--threshold``;
+* ``calib``: mode ``calib`` at ``--target`` (the other calibration settings at their defaults);
+* ``load``: mode ``load`` of the file the calibration wrote (the calibrated thresholds, no bisection).
+
+Every mode runs once as a warm-up (kernel compilation, autotuning), then once timed: wall clock around the
+whole run, CUDA-synchronised. The backend's forward is counted, so the table also shows the attention calls
+per (layer, step) and, for the calibration, the mean bisection evaluations. Prints a table; ``--json`` also
+writes it with the device name, the torch / triton versions and the date. On an H100::
+
+    python bench/calib_cost.py --backend triton --json bench/results/calib-cost-h100.json
+
+Without CUDA it runs the reference backend at a tiny size (a smoke check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import liteattn
+from liteattn.testing import video_qkv
+from liteattn_calib import LiteAttentionRegistry
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+MODES = ("normal", "calib", "load")
+
+
+class CallCounter:
+    """Wraps a backend's forward: the query length of every call, in order."""
+
+    def __init__(self, backend):
+        self.backend, self.q_lens = backend, []
+        forward = backend.forward
+
+        def counted(call):
+            self.q_lens.append(call.q_len)
+            return forward(call)
+
+        backend.forward = counted  # dispatch hands out one cached instance per backend
+
+    def remove(self) -> None:
+        vars(self.backend).pop("forward", None)
+
+
+def make_inputs(args, device) -> list[tuple[torch.Tensor, ...]]:
+    """One (q, k, v) per step, built before any timing."""
+    return [
+        video_qkv(
+            1,
+            *args.grid,
+            heads=args.heads,
+            head_dim=args.head_dim,
+            step=step,
+            num_steps=args.steps,
+            dtype=DTYPES[args.dtype],
+            device=device,
+            seed=step,
+        )
+        for step in range(args.steps)
+    ]
+
+
+def run_mode(mode: str, layers: dict, inputs, scales, args, counter: CallCounter, path: Path) -> dict:
+    for module in layers.values():
+        module.reset_skip_state()
+    registry = LiteAttentionRegistry(
+        layers,
+        "const" if mode == "normal" else mode,
+        threshold=args.threshold if mode == "normal" else None,
+        filename=path if mode == "load" else None,
+        calib_config={"target_error": args.target, "progress": False, "sample_query_tiles": args.sample_query_tiles},
+    )
+    counter.q_lens.clear()
+    _sync()
+    start = time.perf_counter()
+    with torch.no_grad():
+        for step, (q, k, v) in enumerate(inputs):
+            with registry.timestep(step):
+                for module, scale in zip(layers.values(), scales):
+                    module(q, k, v, scale)
+    _sync()
+    seconds = time.perf_counter() - start
+    means = registry.layer_means()
+    if mode == "calib":
+        registry.save(path, summary=False)
+    registry.remove()
+    layer_steps = len(layers) * len(inputs)
+    full = sum(1 for n in counter.q_lens if n == inputs[0][0].shape[1])
+    return {
+        "mode": mode,
+        "seconds": seconds,
+        "mean_sparsity": sum(s for _, s in means.values()) / len(means),
+        "mean_threshold": sum(t for t, _ in means.values()) / len(means),
+        "full_calls": full / layer_steps,
+        "sampled_calls": (len(counter.q_lens) - full) / layer_steps,
+        "calls": len(counter.q_lens) / layer_steps,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--backend", default=None, help="triton, cuda or reference (default: triton on CUDA, reference on the CPU)"
+    )
+    parser.add_argument(
+        "--grid",
+        default=None,
+        help="frames,height,width of the token grid (default 8,64,64 = 32768 tokens on CUDA; 2,16,16 on the CPU)",
+    )
+    parser.add_argument("--heads", type=int, default=None, help="default 12 on CUDA, 4 on the CPU")
+    parser.add_argument("--head-dim", type=int, default=None, help="default 128 on CUDA, 32 on the CPU")
+    parser.add_argument("--layers", type=int, default=None, help="default 4 on CUDA, 2 on the CPU")
+    parser.add_argument("--steps", type=int, default=None, help="default 20 on CUDA, 4 on the CPU")
+    parser.add_argument(
+        "--block",
+        type=int,
+        default=None,
+        help="square tiles of this size (default: the default tile shape on CUDA; 16 on the CPU, so that the "
+        "sample is a part of the query tiles)",
+    )
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--threshold", type=float, default=-10.0, help="the normal run's constant threshold")
+    parser.add_argument("--target", type=float, default=0.01, help="the calibration's target error")
+    parser.add_argument("--sample-query-tiles", type=_sample, default=16, help="an int, or 'all'")
+    parser.add_argument("--json", default=None, help="write the results here too")
+    args = parser.parse_args(argv)
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    gpu = device == "cuda"
+    if not gpu:  # the reference runs many tiny ops: on a few shared cores, competing threads only add noise
+        torch.set_num_threads(1)
+    args.backend = args.backend or ("triton" if gpu else "reference")
+    args.grid = tuple(int(x) for x in args.grid.split(",")) if args.grid else ((8, 64, 64) if gpu else (2, 16, 16))
+    args.heads = args.heads or (12 if gpu else 4)
+    args.head_dim = args.head_dim or (128 if gpu else 32)
+    args.layers = args.layers or (4 if gpu else 2)
+    args.steps = args.steps or (20 if gpu else 4)
+    args.block = args.block or (None if gpu else 16)
+    args.dtype = args.dtype or ("bf16" if gpu else "fp32")
+
+    backend = liteattn.get_backend(args.backend)
+    tile_gaps = backend.capabilities().tile_gaps
+    layers = {
+        f"blocks.{i}.attn": liteattn.LiteAttention(backend=args.backend, block_m=args.block, block_n=args.block)
+        for i in range(args.layers)
+    }
+    scales = [(0.8 + 0.4 * i / max(args.layers - 1, 1)) / math.sqrt(args.head_dim) for i in range(args.layers)]
+    print(
+        f"{args.backend} on {_device_name(device)}: {args.layers} layers x {args.steps} steps, "
+        f"(1, {math.prod(args.grid)} tokens, {args.heads} heads, D={args.head_dim}) {args.dtype}, "
+        f"tile gaps: {'yes' if tile_gaps else 'no'}; preparing inputs...",
+        flush=True,
+    )
+    inputs = make_inputs(args, device)
+    counter = CallCounter(backend)
+    rows = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "calib.toml"
+            for mode in MODES:  # warm-up (load reads the file that calib writes)
+                run_mode(mode, layers, inputs, scales, args, counter, path)
+            for mode in MODES:
+                rows[mode] = run_mode(mode, layers, inputs, scales, args, counter, path)
+    finally:
+        counter.remove()
+    calib = rows["calib"]
+    calib["mean_iterations"] = (calib["calls"] - 1) / (1 if tile_gaps else 2)
+    for row in rows.values():
+        row["ratio"] = row["seconds"] / rows["normal"]["seconds"]
+    print(_table(rows))
+    print(f"calib / load = {calib['seconds'] / rows['load']['seconds']:.2f}")
+    if args.json:
+        meta = {
+            "date": str(datetime.date.today()),
+            "device": _device_name(device),
+            "torch": torch.__version__,
+            "triton": _version("triton"),
+            "liteattn": liteattn.__version__,
+            "backend": args.backend,
+            "tile_gaps": tile_gaps,
+            "tokens": math.prod(args.grid),
+            "grid": args.grid,
+            "heads": args.heads,
+            "head_dim": args.head_dim,
+            "layers": args.layers,
+            "steps": args.steps,
+            "block": args.block,
+            "dtype": args.dtype,
+            "threshold": args.threshold,
+            "target": args.target,
+            "sample_query_tiles": args.sample_query_tiles,
+        }
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "rows": list(rows.values())}, f, indent=1)
+    return 0
+
+
+def _table(rows: dict) -> str:
+    lines = [
+        f"{'run':<7} {'time s':>8} {'ratio':>6} {'sparsity':>8} {'threshold':>9} {'full/call':>9} "
+        f"{'sampled/call':>12} {'iterations':>10}"
+    ]
+    for row in rows.values():
+        iterations = f"{row['mean_iterations']:.2f}" if "mean_iterations" in row else "-"
+        lines.append(
+            f"{row['mode']:<7} {row['seconds']:>8.3f} {row['ratio']:>6.2f} {row['mean_sparsity']:>8.3f} "
+            f"{row['mean_threshold']:>9.2f} {row['full_calls']:>9.2f} {row['sampled_calls']:>12.2f} "
+            f"{iterations:>10}"
+        )
+    return "\n".join(lines)
+
+
+def _sample(text: str) -> int | None:
+    return None if text == "all" else int(text)
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _device_name(device: str) -> str:
+    return torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
+
+
+def _version(module: str) -> str | None:
+    try:
+        return __import__(module).__version__
+    except ImportError:
+        return None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
