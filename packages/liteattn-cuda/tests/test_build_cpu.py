@@ -79,6 +79,11 @@ def test_generated_sources():
     assert "run_fwd_hdim<cutlass::half_t, 64>" in inst
     disp = build_kernels.dispatch_source((64, 128))
     assert "case 64:" in disp and "case 128:" in disp and "case 256:" not in disp
+    inst8 = build_kernels.instantiation_source_int8("bf16", 128)
+    assert "launch_int8.cuh" in inst8 and "run_fwd_int8_hdim<cutlass::bfloat16_t, 128>" in inst8
+    assert "run_fwd_int8_hdim<cutlass::half_t, 64>(args, sc, s)" in disp
+    disp256 = build_kernels.dispatch_source((256,))
+    assert "run_fwd_int8_hdim<" not in disp256.split("fwd_int8_sm90(")[1]  # no int8 instantiation at 256
 
 
 @pytest.mark.skipif(subprocess.run(["which", "c++"], capture_output=True).returncode != 0, reason="needs c++")
@@ -87,7 +92,10 @@ def test_stable_abi_op_registers_and_checks(tmp_path):
     stub = tmp_path / "stub.cpp"
     stub.write_text('#include "liteattn/api.h"\nnamespace liteattn {\n'
                     "int fwd_sm90(FwdArgs const&, void*) { return -1; }\n"
-                    "int const* supported_head_dims() { static int d[] = {0}; return d; }\n}\n")
+                    "int const* supported_head_dims() { static int d[] = {0}; return d; }\n"
+                    "int fwd_int8_sm90(FwdArgs const&, Int8Scales const&, void*) { return -1; }\n"
+                    "int const* supported_int8_head_dims() { static int d[] = {0}; return d; }\n"
+                    "int quantize_qk_sm90(QuantArgs const&, void*) { return -1; }\n}\n")
     torch_dir = Path(torch.__file__).parent
     lib = tmp_path / "_stub_ops.so"
     cmd = ["c++", *build_kernels.CXX_FLAGS, "-shared", f"-I{ROOT / 'include'}", f"-I{torch_dir / 'include'}",
@@ -101,3 +109,11 @@ def test_stable_abi_op_registers_and_checks(tmp_path):
     with pytest.raises((RuntimeError, NotImplementedError)):
         torch.ops.liteattn_cuda.fwd(q, q, q, q.clone(), torch.empty(1, 2, 16), None, None, None, 0.125, 128, 128,
                                     False, 0)
+    q8 = torch.zeros(q.shape, dtype=torch.int8)
+    scales = torch.ones(1, 2, 1)
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        torch.ops.liteattn_cuda.quantize_qk(q, q, q8, q8.clone(), scales, scales.clone(), torch.empty(1, 2, 1, 64),
+                                            128, 128, 0)
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        torch.ops.liteattn_cuda.fwd_int8(q8, q8, q, q.clone(), torch.empty(1, 2, 16), scales, scales, None, None,
+                                         None, 0.125, 128, 128, False, 0)
