@@ -129,6 +129,7 @@ def test_int8_head_dims_match_build():
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "csrc"))
     import build_kernels
+
     from liteattn_cuda.backend import HEAD_DIMS, INT8_HEAD_DIMS
 
     assert INT8_HEAD_DIMS == frozenset(build_kernels.INT8_HEAD_DIMS)
