@@ -32,7 +32,7 @@ def test_capabilities():
     assert caps.devices == frozenset({"cuda"})
     assert caps.dtypes == frozenset({torch.float16, torch.bfloat16})
     assert caps.head_dims == frozenset({64, 128, 256})
-    assert caps.int8 is False
+    assert caps.int8 is True  # use_int8 at head dims 64 and 128
     assert caps.writes_state is True  # the skip test runs in the kernel
 
 
@@ -45,7 +45,9 @@ def test_unavailable_without_cuda():
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [
-        ({"use_int8": True}, "int8"),
+        ({"use_int8": True, "D": 256, "block": (128, 64)}, "int8"),
+        ({"use_int8": True, "D": 128}, "CUDA device"),  # int8 at D=128 is supported: only the device is wrong
+        ({"use_int8": True, "D": 64}, "CUDA device"),
         ({"dtype": torch.float32}, "dtype"),
         ({"D": 96}, "head dim 96"),
         ({"D": 128, "Dv": 64}, "v head dim"),
@@ -79,3 +81,56 @@ def test_missing_library_reported(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match="not built"):
         _ops.fwd(call.q, call.k, call.v, torch.empty_like(call.q), torch.empty(1, 4, 130), None, 1.0, 128, 128, False)
     monkeypatch.setattr(_ops, "_loaded", None)
+
+
+def test_int8_reason_names_head_dims():
+    reason = CudaBackend().unsupported_reason(make_call(D=256, block=(128, 64), use_int8=True))
+    assert "[64, 128]" in reason and "256" in reason
+
+
+def test_int8_dispatch_and_head_dims(monkeypatch):
+    """forward() with use_int8 quantises through quantize_qk and runs fwd_int8 (never fwd), passing the scales,
+    bits and skip-test staging through; without it, only fwd runs."""
+    from liteattn_cuda import backend as backend_mod
+
+    calls = []
+
+    def fake_quant(q, k, bm, bn):
+        calls.append(("quantize_qk", bm, bn))
+        return (torch.zeros(q.shape, dtype=torch.int8), torch.zeros(k.shape, dtype=torch.int8),
+                torch.ones(q.shape[0], q.shape[2], -(-q.shape[1] // bm)),
+                torch.ones(k.shape[0], k.shape[2], -(-k.shape[1] // bn)))
+
+    def fake_fwd_int8(q8, k8, v, out, lse, qs, ks, bits, scale, bm, bn, rev, wb=None, th=None, gaps=None):
+        assert q8.dtype == torch.int8 and k8.dtype == torch.int8 and qs.shape == (1, 4, 2) and ks.shape == (1, 2, 2)
+        calls.append(("fwd_int8", wb is not None, th is not None))
+
+    def fake_fwd(*a, **kw):
+        calls.append(("fwd",))
+
+    monkeypatch.setattr(backend_mod._ops, "quantize_qk", fake_quant)
+    monkeypatch.setattr(backend_mod._ops, "fwd_int8", fake_fwd_int8)
+    monkeypatch.setattr(backend_mod._ops, "fwd", fake_fwd)
+    backend = CudaBackend()
+    backend.forward(make_call(use_int8=True))
+    assert calls == [("quantize_qk", 128, 128), ("fwd_int8", False, False)]
+    calls.clear()
+    wb = torch.zeros(1, 4, 2, 1, dtype=torch.int32)
+    backend.forward(make_call(use_int8=True, write_bits=wb))
+    assert calls == [("quantize_qk", 128, 128), ("fwd_int8", True, True)]
+    calls.clear()
+    backend.forward(make_call(D=64, use_int8=False))
+    assert calls == [("fwd",)]
+
+
+def test_int8_head_dims_match_build():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "csrc"))
+    import build_kernels
+
+    from liteattn_cuda.backend import HEAD_DIMS, INT8_HEAD_DIMS
+
+    assert INT8_HEAD_DIMS == frozenset(build_kernels.INT8_HEAD_DIMS)
+    assert HEAD_DIMS == frozenset(build_kernels.HEAD_DIMS)

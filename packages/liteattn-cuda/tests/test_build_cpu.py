@@ -45,6 +45,8 @@ def _nvidia_tool(name: str) -> str | None:
     return None
 
 
+INT8_WGMMA = "IGMMA.64x128x32.S8.S8"  # how cuobjdump prints the s8 x s8 -> s32 QK^T wgmma
+
 needs_nvcc = pytest.mark.skipif(_nvcc() is None or _cutlass_include() is None,
                                 reason="needs nvcc and the nvidia-cutlass headers")
 
@@ -52,26 +54,39 @@ needs_nvcc = pytest.mark.skipif(_nvcc() is None or _cutlass_include() is None,
 @needs_nvcc
 @pytest.mark.skipif(_nvidia_tool("cuobjdump") is None, reason="needs the nvidia-cuda-cuobjdump wheel")
 def test_sm90a_instantiation_uses_wgmma_and_tma(tmp_path):
-    src = tmp_path / "fwd_bf16_hdim128_sm90.cu"
-    src.write_text(build_kernels.instantiation_source("bf16", 128))
-    cubin = tmp_path / "fwd.cubin"
-    cmd = [build_kernels.find_nvcc(), *[f for f in build_kernels.NVCC_FLAGS if f not in ("-Xcompiler", "-fPIC")],
-           f"-I{ROOT / 'include'}", f"-I{_cutlass_include()}", "-cubin", str(src), "-o", str(cubin)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr[-3000:]
-    report = res.stdout + res.stderr
-    assert "0 bytes spill stores" in report, report  # consumer fragments stay in registers
+    """The bf16 D=128 instantiation and its INT8 Q/K sibling, compiled side by side (two nvcc processes)."""
+    flags = [f for f in build_kernels.NVCC_FLAGS if f not in ("-Xcompiler", "-fPIC")]
+    jobs = {}
+    for name, text in (("fwd", build_kernels.instantiation_source("bf16", 128)),
+                       ("fwd_int8", build_kernels.instantiation_source_int8("bf16", 128))):
+        src = tmp_path / f"{name}_bf16_hdim128_sm90.cu"
+        src.write_text(text)
+        cubin = tmp_path / f"{name}.cubin"
+        cmd = [build_kernels.find_nvcc(), *flags, f"-I{ROOT / 'include'}", f"-I{_cutlass_include()}", "-cubin",
+               str(src), "-o", str(cubin)]
+        jobs[name] = (cubin, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     env = dict(os.environ)
     nvdisasm = _nvidia_tool("nvdisasm")
     if nvdisasm:  # cuobjdump -sass calls nvdisasm from PATH
         env["PATH"] = os.path.dirname(nvdisasm) + os.pathsep + env.get("PATH", "")
-    sass = subprocess.run([_nvidia_tool("cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True, env=env)
-    assert sass.returncode == 0, sass.stderr
-    text = sass.stdout
-    assert "HGMMA.64x128x16.F32.BF16" in text  # wgmma for QK^T and PV
-    assert "UTMALDG" in text                   # TMA loads of Q/K/V
-    assert "USETMAXREG" in text                # producer/consumer register split took effect
-    assert "LDL" not in text and "STL" not in text
+    texts = {}
+    for name, (cubin, proc) in jobs.items():
+        out, err = proc.communicate()
+        assert proc.returncode == 0, err[-3000:]
+        report = out + err
+        assert "0 bytes spill stores" in report, report  # consumer fragments stay in registers
+        sass = subprocess.run([_nvidia_tool("cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True,
+                              env=env)
+        assert sass.returncode == 0, sass.stderr
+        texts[name] = sass.stdout
+    for text in texts.values():
+        assert "UTMALDG" in text                   # TMA loads of Q/K/V
+        assert "USETMAXREG" in text                # producer/consumer register split took effect
+        assert "LDL" not in text and "STL" not in text
+    assert "HGMMA.64x128x16.F32.BF16" in texts["fwd"]  # wgmma for QK^T and PV
+    # INT8: QK^T as an s8 x s8 -> s32 wgmma, PV still a bf16 one.
+    assert INT8_WGMMA in texts["fwd_int8"], [ln for ln in texts["fwd_int8"].splitlines() if "GMMA" in ln][:4]
+    assert "HGMMA.64x128x16.F32.BF16" in texts["fwd_int8"]
 
 
 def test_generated_sources():
@@ -79,6 +94,11 @@ def test_generated_sources():
     assert "run_fwd_hdim<cutlass::half_t, 64>" in inst
     disp = build_kernels.dispatch_source((64, 128))
     assert "case 64:" in disp and "case 128:" in disp and "case 256:" not in disp
+    inst8 = build_kernels.instantiation_source_int8("bf16", 128)
+    assert "launch_int8.cuh" in inst8 and "run_fwd_int8_hdim<cutlass::bfloat16_t, 128>" in inst8
+    assert "run_fwd_int8_hdim<cutlass::half_t, 64>(args, sc, s)" in disp
+    disp256 = build_kernels.dispatch_source((256,))
+    assert "run_fwd_int8_hdim<" not in disp256.split("fwd_int8_sm90(")[1]  # no int8 instantiation at 256
 
 
 @pytest.mark.skipif(subprocess.run(["which", "c++"], capture_output=True).returncode != 0, reason="needs c++")
@@ -87,7 +107,10 @@ def test_stable_abi_op_registers_and_checks(tmp_path):
     stub = tmp_path / "stub.cpp"
     stub.write_text('#include "liteattn/api.h"\nnamespace liteattn {\n'
                     "int fwd_sm90(FwdArgs const&, void*) { return -1; }\n"
-                    "int const* supported_head_dims() { static int d[] = {0}; return d; }\n}\n")
+                    "int const* supported_head_dims() { static int d[] = {0}; return d; }\n"
+                    "int fwd_int8_sm90(FwdArgs const&, Int8Scales const&, void*) { return -1; }\n"
+                    "int const* supported_int8_head_dims() { static int d[] = {0}; return d; }\n"
+                    "int quantize_qk_sm90(QuantArgs const&, void*) { return -1; }\n}\n")
     torch_dir = Path(torch.__file__).parent
     lib = tmp_path / "_stub_ops.so"
     cmd = ["c++", *build_kernels.CXX_FLAGS, "-shared", f"-I{ROOT / 'include'}", f"-I{torch_dir / 'include'}",
@@ -98,7 +121,16 @@ def test_stable_abi_op_registers_and_checks(tmp_path):
     if not hasattr(torch.ops.liteattn_cuda, "fwd"):
         torch.ops.load_library(str(lib))
     q = torch.randn(1, 16, 2, 64, dtype=torch.bfloat16)
-    # The schema binds (a wrong argument count would fail differently); CPU tensors are then refused.
-    with pytest.raises((RuntimeError, NotImplementedError), match=r"must be a CUDA tensor|'CPU' backend"):
+    # The schemas bind (a wrong argument count would fail differently); CPU tensors are then refused.
+    refused = r"must be a CUDA tensor|'CPU' backend"
+    with pytest.raises((RuntimeError, NotImplementedError), match=refused):
         torch.ops.liteattn_cuda.fwd(q, q, q, q.clone(), torch.empty(1, 2, 16), None, None, None, None, 0.125, 128,
                                     128, False, 0)
+    q8 = torch.zeros(q.shape, dtype=torch.int8)
+    scales = torch.ones(1, 2, 1)
+    with pytest.raises((RuntimeError, NotImplementedError), match=refused):
+        torch.ops.liteattn_cuda.quantize_qk(q, q, q8, q8.clone(), scales, scales.clone(), torch.empty(1, 2, 1, 64),
+                                            128, 128, 0)
+    with pytest.raises((RuntimeError, NotImplementedError), match=refused):
+        torch.ops.liteattn_cuda.fwd_int8(q8, q8, q, q.clone(), torch.empty(1, 2, 16), scales, scales, None, None,
+                                         None, None, 0.125, 128, 128, False, 0)

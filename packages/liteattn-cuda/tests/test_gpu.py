@@ -8,7 +8,7 @@ import torch
 from liteattn.backend import AttentionCall
 from liteattn.reference import masked_attention, reference_forward
 from liteattn.skip_state import pack_keep_mask, unpack_keep_mask
-from liteattn.testing import assert_lse_close, assert_parity, random_keep_mask, tile_agreement
+from liteattn.testing import assert_lse_close, assert_parity, random_keep_mask, rel_error, tile_agreement
 from liteattn.tiles import default_tile_shape
 
 
@@ -109,3 +109,110 @@ def test_tile_gaps_match_reference_and_written_bits(case):
     assert (gaps[finite] - ref_gaps[finite]).abs().max().item() <= 1e-3
     # The gaps give the written bits exactly, at the call's thresholds.
     assert torch.equal(pack_keep_mask((gaps > thresholds.view(1, H, 1, 1)).cpu()), written.cpu())
+
+
+# -- INT8 Q/K (use_int8) ------------------------------------------------------------------------------------
+INT8_REL_ERR = 2e-2  # the issue's bound against the fp32 reference
+INT8_CASES = [  # (B, Sq, Sk, H, Hkv, D, dtype, sparsity or None, reverse)
+    (1, 1024, 1024, 2, 2, 128, torch.bfloat16, None, False),
+    (2, 1000, 1717, 6, 2, 128, torch.float16, 0.5, True),
+    (2, 239, 3333, 4, 1, 64, torch.bfloat16, 0.75, False),
+    (2, 113, 777, 4, 4, 64, torch.float16, None, True),
+    (1, 1, 5, 2, 1, 128, torch.bfloat16, None, False),
+]
+
+
+def _int8_ids(c):
+    return "-".join(str(x) for x in c)
+
+
+@pytest.mark.parametrize("case", INT8_CASES, ids=_int8_ids)
+def test_int8_quantiser_matches_liteattn_quant(case):
+    """The fused CUDA quantiser against liteattn.quant: Q bit-exact; K (whose channel mean is summed in another
+    order than torch's) within one int8 step, scales within a few ulps."""
+    from liteattn.quant import quantize_k, quantize_q
+    from liteattn_cuda import _ops
+
+    B, Sq, Sk, H, Hkv, D, dtype, _, _ = case
+    _, q, k, _ = _backend_and_inputs(case, seed=3)
+    k = k + 2.0  # a shared channel offset, which the smoothing removes
+    bm, bn = default_tile_shape(D)
+    q8, k8, q_scale, k_scale = _ops.quantize_qk(q, k, bm, bn)
+    ref_q8, ref_q_scale = quantize_q(q, bm)
+    ref_k8, ref_k_scale = quantize_k(k, bn)
+    assert torch.equal(q_scale, ref_q_scale)
+    assert torch.equal(q8, ref_q8)
+    torch.testing.assert_close(k_scale, ref_k_scale, rtol=1e-5, atol=0)
+    diff = (k8.int() - ref_k8.int()).abs()
+    assert diff.max().item() <= 1
+    assert diff.float().mean().item() < 1e-3
+
+
+@pytest.mark.parametrize("case", INT8_CASES, ids=_int8_ids)
+def test_int8_parity(case):
+    """use_int8 through lite_attention: out within 2e-2 relative error (cosine >= 0.999) of the float64 attention
+    of the unquantised inputs, LSE (with core's smoothing offset added back) close to the true LSE; the backend's
+    own lse matches the reference's simulated-INT8 lse of the smoothed scores."""
+    import liteattn
+
+    B, Sq, Sk, H, Hkv, D, dtype, sparsity, reverse = case
+    backend, q, k, v = _backend_and_inputs(case, seed=4)
+    k = k + 1.0  # a shared channel offset: core's smoothing offset must put it back into the LSE
+    bm, bn = default_tile_shape(D)
+    scale = 1 / math.sqrt(D)
+    # Dense through the public API (no state: every key tile).
+    out, lse = liteattn.lite_attention(q, k, v, use_int8=True, backend="cuda", return_softmax_lse=True)
+    gold_call = AttentionCall(q.float(), k.float(), v.float(), scale, torch.zeros(H, device="cuda"), bm, bn)
+    gold_out, gold_lse = reference_forward(gold_call, upcast=True)
+    rel = (out.double() - gold_out.double()).norm() / gold_out.double().norm()
+    cos = torch.nn.functional.cosine_similarity(out.double().flatten(), gold_out.double().flatten(), dim=0)
+    assert rel.item() <= INT8_REL_ERR, rel.item()
+    assert cos.item() >= 0.999, cos.item()
+    assert_lse_close(lse, gold_lse.float(), atol=3e-2)
+
+    # Sparse / reversed through the backend: against the reference's exact simulation of the same INT8 call.
+    keep = None
+    if sparsity is not None:
+        keep = random_keep_mask(B, H, -(-Sq // bm), -(-Sk // bn), sparsity, seed=5)
+        keep[0, 0, 0] = False  # one query tile computes nothing: out 0, lse -inf
+    bits = None if keep is None else pack_keep_mask(keep).cuda()
+    call = AttentionCall(q, k, v, scale, torch.zeros(H, device="cuda"), bm, bn, bits, None, reverse, True)
+    assert backend.unsupported_reason(call) is None
+    out8, lse8 = backend.forward(call)
+    sim_out, sim_lse = reference_forward(call, upcast=True)  # INT8 simulated exactly, lse of smoothed scores
+    assert_lse_close(lse8, sim_lse.float(), atol=2e-3)
+    assert (out8.double() - sim_out.double()).norm() / sim_out.double().norm().clamp_min(1e-30) <= 1e-2
+    if keep is not None:
+        gold_sparse, _ = reference_forward(AttentionCall(q.float(), k.float(), v.float(), scale,
+                                                         torch.zeros(H, device="cuda"), bm, bn, bits, None, reverse),
+                                           upcast=True)
+        assert rel_error(out8, gold_sparse) <= INT8_REL_ERR
+
+
+@pytest.mark.parametrize("case", INT8_CASES[:4], ids=_int8_ids)
+def test_int8_skip_test_matches_reference(case):
+    """write_bits of the INT8 kernel against the reference run with use_int8 (same quantised scores)."""
+    B, Sq, Sk, H, Hkv, D, dtype, sparsity, reverse = case
+    backend, q, k, v = _backend_and_inputs(case, seed=6)
+    bm, bn = default_tile_shape(D)
+    QT, KT = -(-Sq // bm), -(-Sk // bn)
+    keep = random_keep_mask(B, H, QT, KT, 0.5 if sparsity is None else sparsity, seed=7)
+    keep[0, 0, 0] = False
+    bits = pack_keep_mask(keep).cuda()
+    thresholds = torch.linspace(-3.0, 0.5, H, device="cuda")
+    ours = torch.full_like(bits, 0x5A5A5A5A)
+    ref = torch.full_like(bits, 0x5A5A5A5A)
+    mk = lambda wb: AttentionCall(q, k, v, 1 / math.sqrt(D), thresholds, bm, bn, bits, wb, reverse, True)  # noqa: E731
+    backend.forward(mk(ours))
+    reference_forward(mk(ref))
+    assert tile_agreement(ours, ref, KT) >= 0.995
+    assert not (unpack_keep_mask(ours, KT) & ~keep.cuda()).any()
+
+
+def test_int8_unsupported_head_dim_reason():
+    from liteattn_cuda import CudaBackend
+
+    q = torch.randn(1, 128, 2, 256, device="cuda", dtype=torch.bfloat16)
+    call = AttentionCall(q, q, q, 1 / 16, torch.zeros(2, device="cuda"), 128, 64, use_int8=True)
+    reason = CudaBackend().unsupported_reason(call)
+    assert reason is not None and "int8" in reason

@@ -36,4 +36,41 @@ int fwd_sm90(FwdArgs const& args, void* stream);
 // Head dims compiled into this build, as a 0-terminated list.
 int const* supported_head_dims();
 
+// ---- INT8 Q/K (use_int8; liteattn.quant semantics) ----
+
+// Per-tile dequantisation scales of the int8 copies of Q and smoothed K (fp32, contiguous).
+struct Int8Scales {
+  float const* q_scale;  // (B, H, QT)
+  float const* k_scale;  // (B, Hkv, KT)
+};
+
+// Same as fwd_sm90 with args.q / args.k pointing at int8 (B, S, H, D) tensors (strides in elements = bytes) and
+// args.v, args.out in args.dtype. lse is that of the smoothed scores. Same return codes as fwd_sm90.
+int fwd_int8_sm90(FwdArgs const& args, Int8Scales const& scales, void* stream);
+
+// Head dims with an INT8 instantiation, 0-terminated.
+int const* supported_int8_head_dims();
+
+// Rows of K summed by one CTA of the channel-mean pass: k_partial holds (B, Hkv, ceil(Sk / kQuantSumRows), D).
+constexpr int kQuantSumRows = 1024;
+
+struct QuantArgs {
+  void const* q;       // (B, Sq, H, D) fp16/bf16, contiguous last dim, 16-byte aligned rows
+  void const* k;       // (B, Sk, Hkv, D)
+  int8_t* q8;          // (B, Sq, H, D) int8, contiguous
+  int8_t* k8;          // (B, Sk, Hkv, D) int8, contiguous: K minus its per-channel mean
+  float* q_scale;      // (B, H, QT)
+  float* k_scale;      // (B, Hkv, KT)
+  float* k_partial;    // (B, Hkv, ceil(Sk / kQuantSumRows), D) scratch: per-chunk channel sums
+  int64_t q_stride[3];
+  int64_t k_stride[3];
+  int batch, seqlen_q, seqlen_k, num_heads, num_heads_kv, head_dim;
+  int block_m, block_n;
+  DType dtype;
+};
+
+// Three launches on `stream`: K channel partial sums, Q tiles, K tiles. Returns 0 or a cudaError_t value,
+// -1 for an unsupported head dim (a multiple of 8 up to 256 is needed).
+int quantize_qk_sm90(QuantArgs const& args, void* stream);
+
 }  // namespace liteattn

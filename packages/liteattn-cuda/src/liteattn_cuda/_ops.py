@@ -1,4 +1,4 @@
-"""Finds and loads the compiled stable-ABI library, and calls its one op."""
+"""Finds and loads the compiled stable-ABI library, and calls its ops (fwd; quantize_qk + fwd_int8 for INT8)."""
 
 from __future__ import annotations
 
@@ -49,3 +49,42 @@ def fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, ls
         stream = torch.cuda.current_stream(q.device).cuda_stream
         torch.ops.liteattn_cuda.fwd(q, k, v, out, lse, compute_bits, write_bits, thresholds, tile_gaps,
                                     float(scale), int(block_m), int(block_n), bool(reverse), int(stream))
+
+
+QUANT_SUM_ROWS = 1024  # kQuantSumRows in include/liteattn/api.h: rows per chunk of K's channel-mean pass
+
+
+def quantize_qk(q: torch.Tensor, k: torch.Tensor, block_m: int, block_n: int):
+    """int8 copies of q and mean-smoothed k with their per-tile scales (``liteattn.quant`` semantics), computed by
+    the fused CUDA quantiser: ``(q8 (B,Sq,H,D), k8 (B,Sk,Hkv,D), q_scale (B,H,QT), k_scale (B,Hkv,KT))``."""
+    reason = load()
+    if reason is not None:
+        raise RuntimeError(reason)
+    batch, q_len, heads, dim = q.shape
+    _, k_len, kv_heads, _ = k.shape
+    dev = q.device
+    q8 = torch.empty(q.shape, dtype=torch.int8, device=dev)
+    k8 = torch.empty(k.shape, dtype=torch.int8, device=dev)
+    q_scale = torch.empty(batch, heads, -(-q_len // block_m), dtype=torch.float32, device=dev)
+    k_scale = torch.empty(batch, kv_heads, -(-k_len // block_n), dtype=torch.float32, device=dev)
+    partial = torch.empty(batch, kv_heads, -(-k_len // QUANT_SUM_ROWS), dim, dtype=torch.float32, device=dev)
+    with torch.cuda.device(dev):
+        stream = torch.cuda.current_stream(dev).cuda_stream
+        torch.ops.liteattn_cuda.quantize_qk(q, k, q8, k8, q_scale, k_scale, partial, int(block_m), int(block_n),
+                                            int(stream))
+    return q8, k8, q_scale, k_scale
+
+
+def fwd_int8(q8: torch.Tensor, k8: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+             q_scale: torch.Tensor, k_scale: torch.Tensor, compute_bits: torch.Tensor | None, scale: float,
+             block_m: int, block_n: int, reverse: bool, write_bits: torch.Tensor | None = None,
+             thresholds: torch.Tensor | None = None, tile_gaps: torch.Tensor | None = None) -> None:
+    """``fwd`` on the int8 copies of :func:`quantize_qk`; ``lse`` is that of the smoothed scores."""
+    reason = load()
+    if reason is not None:
+        raise RuntimeError(reason)
+    with torch.cuda.device(v.device):
+        stream = torch.cuda.current_stream(v.device).cuda_stream
+        torch.ops.liteattn_cuda.fwd_int8(q8, k8, v, out, lse, q_scale, k_scale, compute_bits, write_bits, thresholds,
+                                         tile_gaps, float(scale), int(block_m), int(block_n), bool(reverse),
+                                         int(stream))

@@ -12,6 +12,7 @@ from liteattn.tiles import default_tile_shape
 from . import _ops
 
 HEAD_DIMS = frozenset({64, 128, 256})
+INT8_HEAD_DIMS = frozenset({64, 128})  # csrc/build_kernels.py: INT8_HEAD_DIMS
 DTYPES = frozenset({torch.float16, torch.bfloat16})
 MAX_WRITE_WORDS = 256  # kMaxSkipWords in include/liteattn/skip_test.cuh
 
@@ -21,13 +22,16 @@ class CudaBackend:
 
     With ``write_bits`` it also runs the skip test of the contract inside the kernel (per computed tile, the
     row-wise ``m_tile - m_run > threshold`` vote, OR-ed over the query tile) and writes every word of every row.
+    With ``use_int8`` (head dims 64 and 128) a fused CUDA pass quantises Q and mean-smoothed K as
+    ``liteattn.quant`` does, QK^T runs as an int8 wgmma dequantised per tile pair, and PV stays 16-bit; the lse
+    returned is that of the smoothed scores (core adds the offset back).
     """
 
     name = "cuda"
     priority = 30
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(devices=frozenset({"cuda"}), dtypes=DTYPES, head_dims=HEAD_DIMS, int8=False,
+        return Capabilities(devices=frozenset({"cuda"}), dtypes=DTYPES, head_dims=HEAD_DIMS, int8=True,
                             writes_state=True, tile_gaps=True)
 
     def unavailable_reason(self) -> str | None:
@@ -40,8 +44,9 @@ class CudaBackend:
 
     def unsupported_reason(self, call: AttentionCall) -> str | None:
         q, k, v = call.q, call.k, call.v
-        if call.use_int8:
-            return "int8 Q/K is not implemented in the cuda backend"
+        if call.use_int8 and q.shape[-1] not in INT8_HEAD_DIMS:
+            return (f"int8 Q/K (use_int8=True) is compiled for head dims {sorted(INT8_HEAD_DIMS)} only, "
+                    f"not {q.shape[-1]}")
         if call.write_bits is not None and -(-call.k_tiles // 32) > MAX_WRITE_WORDS:
             return f"write_bits rows of more than {MAX_WRITE_WORDS * 32} key tiles are not supported"
         if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
@@ -81,8 +86,13 @@ class CudaBackend:
         write = _staging(call.write_bits, torch.int32, q.device)
         gaps = _staging(call.tile_gaps, torch.float32, q.device)
         thresholds = None if write is None else call.thresholds.to(device=q.device, dtype=torch.float32).contiguous()
-        _ops.fwd(q, k, v, out, lse, bits, call.scale, call.block_m, call.block_n, call.reverse, write, thresholds,
-                 gaps)
+        if call.use_int8:
+            q8, k8, q_scale, k_scale = _ops.quantize_qk(q, k, call.block_m, call.block_n)
+            _ops.fwd_int8(q8, k8, v, out, lse, q_scale, k_scale, bits, call.scale, call.block_m, call.block_n,
+                          call.reverse, write, thresholds, gaps)
+        else:
+            _ops.fwd(q, k, v, out, lse, bits, call.scale, call.block_m, call.block_n, call.reverse, write,
+                     thresholds, gaps)
         for staged, target in ((write, call.write_bits), (gaps, call.tile_gaps)):
             if staged is not target:
                 target.copy_(staged)
