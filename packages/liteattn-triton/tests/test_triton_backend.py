@@ -382,7 +382,9 @@ def test_gpu_tile_gaps(case, int8, knobs):
     probe, ref_probe = _with_gaps(_call(q, k, v, bm, bn, keep, write=False, reverse=reverse, int8=int8))
     triton_forward(probe, **knobs)
     reference_forward(ref_probe)
-    _assert_gaps_close(probe.tile_gaps, ref_probe.tile_gaps, atol=2e-3)
+    # INT8: the reference quantises in float64, the kernel from the 16-bit values; one int8 step more or less
+    # in a score moves a gap by ~1e-2 (seen: 8.5e-3 at bf16). The bits below stay exact either way.
+    _assert_gaps_close(probe.tile_gaps, ref_probe.tile_gaps, atol=2e-2 if int8 else 2e-3)
     # compiled, the vote and the gap must still compare the same value: thresholds sit on gaps
     call, _ = _with_gaps(_call(q, k, v, bm, bn, keep, reverse=reverse,
                                thresholds=_thresholds_on_gaps(probe.tile_gaps), int8=int8))
