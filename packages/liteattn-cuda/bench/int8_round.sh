@@ -7,7 +7,7 @@
 OUT="${LITEATTN_RESULTS:-bench/results/cuda-int8}"
 mkdir -p "$OUT"
 set -o pipefail
-if [ -z "$LITEATTN_CUTLASS_INCLUDE" ] && ls .whl/nvidia_cutlass*.whl > /dev/null 2>&1; then  # as gpu_round.sh does
+if [ -z "$LITEATTN_CUTLASS_INCLUDE" ] && ls .whl/nvidia_cutlass*.whl > /dev/null 2>&1; then  # as round.sh does
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/nvidia_cutlass*.whl
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
