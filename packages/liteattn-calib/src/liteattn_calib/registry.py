@@ -209,7 +209,8 @@ class LiteAttentionRegistry(AbstractContextManager):
         module = layer.module
         kwargs = dict(scale=scale, must_do_list=must_do_list, must_skip_list=must_skip_list,
                       use_int8=module.use_int8, backend=module.backend)
-        pending = _pending_bits(state, query, key)
+        capturing = self._capture is not None and self._capture.wants(layer.name, step)
+        pending = _pending_bits(state, query, key) if capturing else None  # the capture records what was read
         errors = None
         if entry == DISABLED:
             thresholds = None
@@ -235,7 +236,7 @@ class LiteAttentionRegistry(AbstractContextManager):
             layer.used[step] = DISABLED if thresholds is None else _as_entry(thresholds)
             layer.sparsity[step] = []
         layer.sparsity.setdefault(step, []).append(sparsity)
-        if self._capture is not None and self._capture.wants(layer.name, step):
+        if capturing:
             block_m, block_n = _tile_shape(state, query)
             self._capture.record(layer.name, step, call, query=query, key=key, scale=_scale(scale, query),
                                  compute_bits=pending if thresholds is not None else None, block_m=block_m,
@@ -292,7 +293,7 @@ class LiteAttentionRegistry(AbstractContextManager):
                 raise RuntimeError(f"module {name!r} was not called at step {missing[0]} (of {steps}); every module "
                                    f"must run at every step to be saved")
             threshold = [_to_toml(layer.used[s]) for s in range(steps)]
-            sparsity = [sum(layer.sparsity[s]) / len(layer.sparsity[s]) for s in range(steps)]
+            sparsity = [_mean_float(layer.sparsity[s]) for s in range(steps)]
             tables[name] = ModuleTable(heads=layer.heads, head_dim=layer.head_dim, threshold=threshold,
                                        sparsity=sparsity)
         calibrated = any(layer.chosen for layer in self._layers.values())
@@ -340,7 +341,7 @@ class LiteAttentionRegistry(AbstractContextManager):
         if chosen:
             postfix["threshold"] = f"{sum(chosen) / len(chosen):.2f}"
         if sparsity:
-            postfix["sparsity"] = f"{sum(sparsity) / len(sparsity):.3f}"
+            postfix["sparsity"] = f"{_mean_float(sparsity):.3f}"
         return postfix
 
     def layer_means(self) -> dict[str, tuple[float, float]]:
@@ -355,6 +356,11 @@ def _pending_bits(state, query, key) -> torch.Tensor | None:
             query.shape[0], query.shape[1], key.shape[1], query.shape[2]):
         return None
     return state.read_bits.clone()
+
+
+def _mean_float(values) -> float:
+    """Mean of per-call sparsities (0-d device tensors recorded without waiting, or floats): one host read."""
+    return sum(float(v) for v in values) / len(values)
 
 
 def _tile_shape(state, query) -> tuple[int, int]:

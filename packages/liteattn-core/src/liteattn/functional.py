@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Sequence
@@ -51,7 +52,8 @@ def lite_attention(query, key, value, state: SkipState | None = None, *, thresho
 
 def run_attention(query, key, value, state: SkipState | None, *, threshold, scale, must_do_list, must_skip_list,
                   use_int8, backend):
-    """:func:`lite_attention` that also returns the fraction of key tiles skipped."""
+    """:func:`lite_attention` that also returns the fraction of key tiles skipped, as a 0-d float32 tensor on
+    the inputs' device: ``float()`` of it waits for the call, so nothing on this path waits for the GPU."""
     prepared = _prepare(query, key, value, state, threshold=threshold, scale=scale, must_do_list=must_do_list,
                         must_skip_list=must_skip_list, use_int8=use_int8, write=state is not None)
     if prepared is None:
@@ -64,7 +66,7 @@ def run_attention(query, key, value, state: SkipState | None, *, threshold, scal
         state.advance(forced_bits)
         state.last_sparsity = sparsity
     if verbose_enabled():
-        logger.info("liteattn %s: shape %s, sparsity %.3f", chosen.name, tuple(query.shape), sparsity)
+        logger.info("liteattn %s: shape %s, sparsity %.3f", chosen.name, tuple(query.shape), float(sparsity))
     return out, lse, sparsity
 
 
@@ -76,7 +78,7 @@ class TileGapProbe:
     lse: torch.Tensor  # (B, H, Sq) float32
     gaps: torch.Tensor | None  # float32 (B, H, q_tiles, k_tiles); None when the backend cannot report them
     forced_bits: torch.Tensor  # packed must-do tiles that are not must-skipped: always kept
-    sparsity: float = 0.0  # fraction of key tiles the call skipped, as run_attention reports it
+    sparsity: torch.Tensor | float = 0.0  # fraction of key tiles the call skipped, as run_attention reports it
 
     def keep_bits(self, threshold: torch.Tensor, query_tiles: torch.Tensor | None = None) -> torch.Tensor:
         """The keep bits the call would write at ``threshold`` ((H,) float32, log2 units); with
@@ -114,6 +116,8 @@ def probe_tile_gaps(query, key, value, state: SkipState, *, scale=None, must_do_
         out, lse, _ = _empty_result(query, value)
         return TileGapProbe(out, lse, None, torch.zeros(1, dtype=torch.int32))
     call, forced_bits = prepared
+    if forced_bits is None:
+        forced_bits = torch.zeros(1, dtype=torch.int32, device=query.device)
     chosen = select_backend(call, backend)
     gaps = None
     if chosen.capabilities().tile_gaps:
@@ -138,7 +142,8 @@ def tile_gaps_available(query, key, value, state: SkipState | None, *, scale=Non
 
 
 def _prepare(query, key, value, state, *, threshold, scale, must_do_list, must_skip_list, use_int8, write):
-    """Validate the arguments and build the backend call: ``(call, forced_bits)``, or None for empty inputs."""
+    """Validate the arguments and build the backend call: ``(call, forced_bits)``, or None for empty inputs.
+    ``forced_bits`` (packed must-do tiles that are not must-skipped) is None when there are no ranges."""
     check_qkv(query, key, value)
     batch, q_len, heads, head_dim = query.shape
     k_len = key.shape[1]
@@ -156,20 +161,25 @@ def _prepare(query, key, value, state, *, threshold, scale, must_do_list, must_s
         block_m, block_n = state.block_m, state.block_n
     else:
         block_m, block_n = default_tile_shape(head_dim)
+    write_bits = state.write_bits if state is not None and write else None
+    reverse = state.reverse if state is not None else False
+    read_bits = state.read_bits if state is not None else None
+    if not must_do and not must_skip:  # the common call: no mask arithmetic, nothing to fold in afterwards
+        call = AttentionCall(query, key, value, scale, thresholds, block_m, block_n, read_bits, write_bits,
+                             reverse, use_int8)
+        return call, None
+
     do_tiles = ranges_to_tile_mask(must_do, k_len, block_n, query.device)
     skip_tiles = ranges_to_tile_mask(must_skip, k_len, block_n, query.device)
     forced_bits = pack_keep_mask(do_tiles & ~skip_tiles)
     skip_bits = pack_keep_mask(skip_tiles)
-
-    if state is not None:
-        compute_bits = (state.read_bits | forced_bits) & ~skip_bits
-        write_bits, reverse = (state.write_bits if write else None), state.reverse
+    if read_bits is not None:
+        compute_bits = (read_bits | forced_bits) & ~skip_bits
     else:
         compute_bits = None
         if skip_tiles.any():
             shape = (batch, heads, num_tiles(q_len, block_m), skip_bits.shape[-1])
             compute_bits = pack_keep_mask(~skip_tiles).expand(shape).contiguous()
-        write_bits, reverse = None, False
     call = AttentionCall(query, key, value, scale, thresholds, block_m, block_n, compute_bits, write_bits,
                          reverse, use_int8)
     return call, forced_bits
@@ -182,11 +192,14 @@ def _forward(backend, call: AttentionCall, query, key):
     return out, lse
 
 
-def _sparsity(call: AttentionCall) -> float:
+def _sparsity(call: AttentionCall) -> torch.Tensor:
+    """Fraction of (query tile, key tile) pairs the call skips: a 0-d float32 tensor, computed on the device
+    without waiting for it (a per-call host sync would stall every layer of a model behind the GPU)."""
     if call.compute_bits is None:
-        return 0.0
-    kept = _popcount(call.compute_bits).sum().item()
-    return 1.0 - kept / (call.batch * call.num_heads * call.q_tiles * call.k_tiles)
+        return torch.zeros((), dtype=torch.float32, device=call.q.device)
+    total = call.batch * call.num_heads * call.q_tiles * call.k_tiles
+    kept = _popcount(call.compute_bits).sum(dtype=torch.float32)
+    return kept.mul(-1.0 / total).add_(1.0)
 
 
 def _smoothing_offset(query, key, scale):
@@ -201,12 +214,16 @@ def _smoothing_offset(query, key, scale):
 
 
 def _popcount(words: torch.Tensor) -> torch.Tensor:
-    shifts = torch.arange(32, device=words.device, dtype=torch.int32)
-    return ((words.unsqueeze(-1) >> shifts) & 1).sum(dim=(-1, -2))
+    return ((words.unsqueeze(-1) >> _bit_shifts(words.device)) & 1).sum(dim=(-1, -2))
+
+
+@functools.cache
+def _bit_shifts(device: torch.device) -> torch.Tensor:
+    return torch.arange(32, device=device, dtype=torch.int32)
 
 
 def _empty_result(query, value):
     batch, q_len, heads = query.shape[:3]
     out = torch.zeros(batch, q_len, heads, value.shape[-1], dtype=query.dtype, device=query.device)
     lse = torch.full((batch, heads, q_len), -torch.inf, dtype=torch.float32, device=query.device)
-    return out, lse, 0.0
+    return out, lse, torch.zeros((), dtype=torch.float32, device=query.device)

@@ -40,7 +40,17 @@ class LiteAttention(nn.Module):
         self.backend = backend
         self.set_threshold(threshold)
         self._state = SkipState(block_m, block_n)
-        self.last_sparsity: float | None = None
+        self.last_sparsity = None
+
+    @property
+    def last_sparsity(self) -> float | None:
+        """Fraction of key tiles the last call skipped (0.0 when skipping is off). The call records it on the
+        device without waiting for the GPU; reading it waits for that call."""
+        return None if self._last_sparsity is None else float(self._last_sparsity)
+
+    @last_sparsity.setter
+    def last_sparsity(self, value) -> None:
+        self._last_sparsity = value
 
     @property
     def skip_state(self) -> SkipState:

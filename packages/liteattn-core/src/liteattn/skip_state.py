@@ -83,9 +83,19 @@ class SkipState:
         self.block_n: int | None = block_n
         self.shape_key: ShapeKey | None = None
         self.call_count = 0
-        self.last_sparsity: float | None = None
+        self.last_sparsity = None
         self._buffers: torch.Tensor | None = None
         self._warned_reset = False
+
+    @property
+    def last_sparsity(self) -> float | None:
+        """Fraction of key tiles the last call skipped. Calls record it on the device without waiting;
+        reading it waits for that call."""
+        return None if self._last_sparsity is None else float(self._last_sparsity)
+
+    @last_sparsity.setter
+    def last_sparsity(self, value) -> None:
+        self._last_sparsity = value
 
     # -- geometry -----------------------------------------------------------------------------------
     @property

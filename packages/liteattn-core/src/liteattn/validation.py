@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -53,16 +54,26 @@ def check_scale(scale: float | None, head_dim: int) -> float:
 
 def head_thresholds(threshold: float | Sequence[float] | torch.Tensor, num_heads: int,
                     device: torch.device) -> torch.Tensor:
-    """Normalise a threshold (one float, or one per head) to a float32 (num_heads,) tensor on ``device``."""
+    """Normalise a threshold (one float, or one per head) to a float32 (num_heads,) tensor on ``device``.
+
+    The result is cached per value, so a layer calling with the same threshold every step copies nothing to
+    the GPU (a host-to-device copy of pageable memory waits for the queue). Callers must not modify it.
+    """
     values = torch.as_tensor(threshold, dtype=torch.float32).detach().cpu().flatten()
-    if values.numel() == 1:
-        values = values.expand(num_heads)
-    if values.numel() != num_heads:
+    return _validated_on_device(tuple(values.tolist()), num_heads, torch.device(device), debug_enabled())
+
+
+@functools.lru_cache(maxsize=256)
+def _validated_on_device(values: tuple[float, ...], num_heads: int, device: torch.device,
+                         debug: bool) -> torch.Tensor:
+    if len(values) == 1:
+        values = values * num_heads
+    if len(values) != num_heads:
         raise ValueError(f"threshold must be one float or one value per head ({num_heads}); got "
-                         f"{values.numel()} values")
-    if torch.isnan(values).any() or (values == math.inf).any():
-        raise ValueError(f"threshold values must be finite or -inf (log2 units, <= 0); got {values.tolist()}")
-    if (values > 0).any() and not debug_enabled():
-        raise ValueError(f"threshold must be <= 0 (log2 units); got {values.max().item()}. Thresholds > 0 drop "
+                         f"{len(values)} values")
+    if any(math.isnan(x) or x == math.inf for x in values):
+        raise ValueError(f"threshold values must be finite or -inf (log2 units, <= 0); got {list(values)}")
+    if any(x > 0 for x in values) and not debug:
+        raise ValueError(f"threshold must be <= 0 (log2 units); got {max(values)}. Thresholds > 0 drop "
                          f"tiles that dominate the softmax and are allowed only with LITEATTN_DEBUG=1")
-    return values.to(device).contiguous()
+    return torch.tensor(values, dtype=torch.float32, device=device)
