@@ -7,6 +7,12 @@ Each step feeds that step's Q/K/V (``liteattn.testing.video_qkv``, sharpening as
 state), the fraction of tiles the call skipped, and the sparsity the reference backend's own trajectory reaches
 at that step (``--reference``). The summary compares the total time with sum_t (1 - s_t) x dense time, the
 ideal where skipped tiles cost nothing and kept ones cost what they cost in a dense call.
+
+A call's time is taken two ways: ``ms``, three calls enqueued back to back between two CUDA events, divided by
+three (what a call costs inside a model, where the host prepares the next call while the GPU runs this one),
+and ``ms_isolated``, the median of single calls each between its own events (host preparation included, as
+the GPU idles through it). ``--row-counts FILE.npz`` saves, per step, the kept tiles of every
+(batch, head, query tile) row, to study how the work is spread over the CTAs.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from liteattn.testing import video_qkv
 
 
 def timed(runs) -> float:
-    """Median milliseconds over the thunks in ``runs`` (CUDA events on the GPU, wall clock on the CPU)."""
+    """Median milliseconds over the thunks in ``runs``, each between its own CUDA events (wall clock on the
+    CPU)."""
     times = []
     for fn in runs:
         if torch.cuda.is_available():
@@ -44,18 +51,39 @@ def timed(runs) -> float:
     return statistics.median(times)
 
 
-def trajectory(backend, inputs, threshold, *, time_calls: bool):
-    """Run every step through one skip state; per step (sparsity skipped by the call, ms or None)."""
+def timed_back_to_back(runs) -> float:
+    """Mean milliseconds per thunk with all of ``runs`` enqueued between one pair of CUDA events."""
+    if not torch.cuda.is_available():
+        return timed(runs)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for fn in runs:
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / len(runs)
+
+
+def trajectory(backend, inputs, threshold, *, time_calls: bool, row_counts: list | None = None):
+    """Run every step through one skip state; per step (sparsity skipped by the call, ms, ms isolated), the
+    times None without ``time_calls``."""
     state, rows = liteattn.SkipState(), []
     kwargs = dict(threshold=threshold, scale=None, must_do_list=None, must_skip_list=None, use_int8=False,
                   backend=backend)
     for q, k, v in inputs:
-        ms = None
+        ms = isolated = None
         if time_calls:  # copies made before the clock starts: each timed call reads the same state
-            copies = [state.clone() for _ in range(3)]
-            ms = timed([lambda q=q, k=k, v=v, c=c: run_attention(q, k, v, c, **kwargs) for c in copies])
+            runs = [lambda q=q, k=k, v=v, c=c: run_attention(q, k, v, c, **kwargs)
+                    for c in [state.clone() for _ in range(3)]]
+            ms = timed_back_to_back(runs)
+            runs = [lambda q=q, k=k, v=v, c=c: run_attention(q, k, v, c, **kwargs)
+                    for c in [state.clone() for _ in range(3)]]
+            isolated = timed(runs)
+        if row_counts is not None:
+            row_counts.append(state.keep_mask().sum(-1).cpu().numpy() if state.shape_key else None)
         _, _, skipped = run_attention(q, k, v, state, **kwargs)
-        rows.append((skipped, ms))
+        rows.append((float(skipped), ms, isolated))
     return rows
 
 
@@ -70,6 +98,7 @@ def main() -> int:
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     parser.add_argument("--reference", action="store_true", help="also run the reference backend's trajectory")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--row-counts", default=None, help="save the kept tiles per row and step here (.npz)")
     args = parser.parse_args()
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -82,25 +111,33 @@ def main() -> int:
     for _ in range(2):
         liteattn.lite_attention(q, k, v, warm, threshold=args.threshold, backend=args.backend)
     liteattn.lite_attention(q, k, v, backend=args.backend)
-    dense_ms = timed([lambda: liteattn.lite_attention(q, k, v, backend=args.backend)] * 5)
-    ours = trajectory(args.backend, inputs, args.threshold, time_calls=True)
+    dense_ms = timed_back_to_back([lambda: liteattn.lite_attention(q, k, v, backend=args.backend)] * 5)
+    counts = [] if args.row_counts else None
+    ours = trajectory(args.backend, inputs, args.threshold, time_calls=True, row_counts=counts)
+    if counts is not None:
+        import numpy as np
+
+        np.savez_compressed(args.row_counts, **{f"step{t}": c for t, c in enumerate(counts) if c is not None})
     reference = None
     if args.reference:
         as_fp32 = [tuple(x.float() for x in step) for step in inputs]
-        reference = [s for s, _ in trajectory("reference", as_fp32, args.threshold, time_calls=False)]
+        reference = [s for s, _, _ in trajectory("reference", as_fp32, args.threshold, time_calls=False)]
 
-    total = sum(ms for _, ms in ours)
-    ideal = sum((1 - s) * dense_ms for s, _ in ours)
+    total = sum(ms for _, ms, _ in ours)
+    total_isolated = sum(ms for _, _, ms in ours)
+    ideal = sum((1 - s) * dense_ms for s, _, _ in ours)
     steps = []
-    for t, (s, ms) in enumerate(ours):
-        row = {"step": t, "sparsity": s, "ms": ms, "ideal_ms": (1 - s) * dense_ms}
+    for t, (s, ms, isolated) in enumerate(ours):
+        row = {"step": t, "sparsity": s, "ms": ms, "ms_isolated": isolated, "ideal_ms": (1 - s) * dense_ms}
         if reference is not None:
             row["reference_sparsity"] = reference[t]
         steps.append(row)
         ref = f"  reference {reference[t]:.4f} ({100 * (s - reference[t]):+.2f} pp)" if reference else ""
-        print(f"step {t:2d}  sparsity {s:.4f}  {ms:8.3f} ms  ideal {(1 - s) * dense_ms:8.3f} ms{ref}", flush=True)
+        print(f"step {t:2d}  sparsity {s:.4f}  {ms:8.3f} ms ({isolated:8.3f} isolated)  ideal "
+              f"{(1 - s) * dense_ms:8.3f} ms{ref}", flush=True)
     summary = {"dense_ms": dense_ms, "total_ms": total, "ideal_ms": ideal, "total_over_ideal": total / ideal,
-               "speedup_over_dense": args.steps * dense_ms / total}
+               "speedup_over_dense": args.steps * dense_ms / total, "total_isolated_ms": total_isolated,
+               "isolated_over_ideal": total_isolated / ideal}
     if reference is not None:
         summary["max_sparsity_gap_pp"] = max(abs(a["sparsity"] - a["reference_sparsity"]) for a in steps) * 100
     print(json.dumps(summary))
