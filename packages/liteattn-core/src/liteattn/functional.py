@@ -11,8 +11,9 @@ from dataclasses import dataclass, replace
 import torch
 
 from ._env import verbose_enabled
-from .backend import AttentionCall
+from .backend import AttentionCall, Backend
 from .dispatch import select_backend
+from .lookahead import Lookahead
 from .skip_state import ShapeKey, SkipState, pack_keep_mask
 from .tiles import default_tile_shape, num_tiles, ranges_to_tile_mask, ranges_to_token_mask, validate_ranges
 from .validation import check_qkv, check_scale, head_thresholds
@@ -79,6 +80,8 @@ class TileGapProbe:
     gaps: torch.Tensor | None  # float32 (B, H, q_tiles, k_tiles); None when the backend cannot report them
     forced_bits: torch.Tensor  # packed must-do tiles that are not must-skipped: always kept
     sparsity: torch.Tensor | float = 0.0  # fraction of key tiles the call skipped, as run_attention reports it
+    call: AttentionCall | None = None  # the call that ran (None for empty inputs), reused by lookahead()
+    backend: Backend | None = None  # the backend that ran it
 
     def keep_bits(self, threshold: torch.Tensor, query_tiles: torch.Tensor | None = None) -> torch.Tensor:
         """The keep bits the call would write at ``threshold`` ((H,) float32, log2 units); with
@@ -103,6 +106,12 @@ class TileGapProbe:
         state.advance(self.forced_bits)
         state.last_sparsity = self.sparsity
 
+    def lookahead(self, query_tiles=None) -> Lookahead:
+        """The next call's output at candidate thresholds, on the rows of ``query_tiles`` (all when None),
+        without a state: see :class:`~liteattn.lookahead.Lookahead`. Build it once per probe; each candidate
+        (or group of candidates) then costs one backend call."""
+        return Lookahead(self, query_tiles)
+
 
 def probe_tile_gaps(query, key, value, state: SkipState, *, scale=None, must_do_list: Ranges = None,
                     must_skip_list: Ranges = None, use_int8=False, backend: str | None = None) -> TileGapProbe:
@@ -125,7 +134,7 @@ def probe_tile_gaps(query, key, value, state: SkipState, *, scale=None, must_do_
                            device=query.device)
         call = replace(call, tile_gaps=gaps)
     out, lse = _forward(chosen, call, query, key)
-    return TileGapProbe(out, lse, gaps, forced_bits, _sparsity(call))
+    return TileGapProbe(out, lse, gaps, forced_bits, _sparsity(call), call, chosen)
 
 
 def tile_gaps_available(query, key, value, state: SkipState | None, *, scale=None, must_do_list: Ranges = None,

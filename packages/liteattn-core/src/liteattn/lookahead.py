@@ -1,0 +1,118 @@
+"""What the next call would compute at candidate thresholds, read off one probed call.
+
+Calibration asks, for every candidate threshold, what the next call (B) computes when it reads the keep bits
+this call would write at that threshold. :class:`Lookahead` does once, per probed call, everything that does
+not depend on the candidate: it picks the sampled query rows and their gaps, folds the must-do tiles into the
+gaps and pads them to whole bitmask words, and builds the backend call. A candidate then costs a comparison,
+a bit packing and one backend call: a few kernel launches and no host synchronisation (on a GPU these, not
+the sampled attention, were most of a candidate's cost). Several candidates can share one backend call.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import torch
+
+from .backend import AttentionCall
+from .skip_state import unpack_keep_mask
+from .tiles import num_tiles, tile_rows
+
+if TYPE_CHECKING:
+    from .functional import TileGapProbe
+
+__all__ = ["Lookahead"]
+
+# Bit j of a word weighs 2^j, bit 31 is the sign: the sum of distinct weights never leaves int32.
+_BIT_WEIGHTS = torch.tensor([1 << i for i in range(31)] + [-(1 << 31)], dtype=torch.int32)
+
+
+class Lookahead:
+    """B of a probed call at candidate thresholds, on the rows of some query tiles (all when ``query_tiles``
+    is None; otherwise strictly increasing indices, the rows as :meth:`liteattn.SkipState.query_rows` gives).
+
+    ``lookahead(thresholds)`` with thresholds (H,) (float32, log2 units) returns B's output (B, rows, H, Dv);
+    with (C, H), C candidates run in one backend call and the output is (B, rows, H, C, Dv). Attributes:
+    ``reference``, A (the probed call's output) on the same rows; ``rows``, the int64 indices of those rows on
+    the query's device (None for every row); ``heads``, H.
+
+    B is what the next call on a scratch copy of the state would output after the probed call ran at the
+    candidate and advanced the state: it computes ``keep_bits(threshold) | forced_bits`` (must-skip tiles were
+    not computed, so their gaps are -inf and they stay skipped), visits the key tiles in the next call's
+    direction, and writes nothing.
+    """
+
+    def __init__(self, probe: TileGapProbe, query_tiles=None):
+        if probe.gaps is None:
+            raise ValueError("this probe has no tile gaps (the backend cannot report them); run the calls instead")
+        if probe.call is None or probe.backend is None:
+            raise ValueError("a lookahead needs the call and the backend of probe_tile_gaps' probe")
+        call, gaps = probe.call, probe.gaps
+        self.rows, self.reference = None, probe.out
+        query = call.q
+        if query_tiles is not None:
+            tiles = _checked_tiles(query_tiles, call.q_tiles)
+            self.rows = tile_rows(tiles, call.q_len, call.block_m, device=query.device)
+            query, self.reference = query[:, self.rows], probe.out[:, self.rows]
+            gaps = gaps[:, :, tiles.to(gaps.device)]
+        words = num_tiles(call.k_tiles, 32)
+        # A must-do tile passes the test at every threshold (+inf); the padding to whole words never does.
+        forced = unpack_keep_mask(torch.broadcast_to(probe.forced_bits.to(gaps.device), (words,)), call.k_tiles)
+        gaps = torch.nn.functional.pad(gaps.masked_fill(forced, math.inf), (0, words * 32 - call.k_tiles),
+                                       value=-math.inf)
+        self.heads = gaps.shape[1]
+        self._gaps = gaps.unflatten(-1, (words, 32)).unsqueeze(2)  # (B, H, 1, q_tiles, words, 32)
+        self._weights = _BIT_WEIGHTS.to(gaps.device)
+        self._backend = probe.backend
+        # The next call visits key tiles the other way; B only reads bits, so it writes none and reports no gaps.
+        self._base = replace(call, q=query, compute_bits=None, write_bits=None, tile_gaps=None,
+                             reverse=not call.reverse)
+        self._calls: dict[int, AttentionCall] = {}  # per number of candidates
+
+    def __call__(self, thresholds: torch.Tensor) -> torch.Tensor:
+        """B's output at ``thresholds``, (H,) or (C, H): one backend call, nothing read back to the host."""
+        thresholds = torch.as_tensor(thresholds, dtype=torch.float32)
+        bits = self.compute_bits(thresholds)
+        count = bits.shape[1] // self.heads
+        out, _ = self._backend.forward(replace(self._call(count), compute_bits=bits))
+        return out if thresholds.dim() == 1 else out.unflatten(2, (self.heads, count))
+
+    def compute_bits(self, thresholds: torch.Tensor) -> torch.Tensor:
+        """B's compute bits: int32 (B, H * C, q_tiles, words), candidate c of head h as head ``h * C + c``."""
+        per_candidate = torch.as_tensor(thresholds, dtype=torch.float32).reshape(-1, self.heads)
+        count = per_candidate.shape[0]
+        # Laid out (H, C) before the copy, the comparison comes out in the call's head order (h, c) and the
+        # words view as its heads without a copy. non_blocking: PyTorch would wait for the queue after the copy.
+        column = per_candidate.t().contiguous().to(self._gaps.device, non_blocking=True)
+        verdict = self._gaps > column.view(1, self.heads, count, 1, 1, 1)
+        words = (verdict * self._weights).sum(-1, dtype=torch.int32)
+        return words.flatten(1, 2)
+
+    def _call(self, count: int) -> AttentionCall:
+        """The backend call for ``count`` candidates, bits aside; built once per count."""
+        call = self._calls.get(count)
+        if call is None:
+            query = self._base.q
+            if count > 1:
+                # Replica c of query head h is head h * C + c: with Hkv key/value heads, GQA maps it to head
+                # (h * C + c) // (H * C / Hkv) = h // (H / Hkv), head h's own, so K and V are not copied.
+                batch, rows, heads, dim = query.shape
+                query = query.unsqueeze(3).expand(batch, rows, heads, count, dim).reshape(batch, rows, -1, dim)
+            call = replace(self._base, q=query, thresholds=self._base.thresholds.repeat_interleave(count))
+            reason = self._backend.unsupported_reason(call)
+            if reason is not None:
+                raise ValueError(f"backend {self._backend.name!r} cannot run the lookahead call: {reason}")
+            self._calls[count] = call
+        return call
+
+
+def _checked_tiles(tiles, q_tiles: int) -> torch.Tensor:
+    index = torch.as_tensor(tiles).flatten()
+    if index.dtype.is_floating_point or index.dtype == torch.bool:
+        raise ValueError(f"query tiles must be integer indices; got dtype {index.dtype}")
+    index = index.to(device="cpu", dtype=torch.int64)
+    if index.numel() == 0 or index[0] < 0 or index[-1] >= q_tiles or (index.diff() <= 0).any():
+        raise ValueError(f"query tiles must be strictly increasing indices in [0, {q_tiles}); got {index.tolist()}")
+    return index
