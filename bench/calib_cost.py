@@ -10,7 +10,8 @@ every step) for ``--steps`` denoising steps under a ``LiteAttentionRegistry``:
 
 Every mode runs once as a warm-up (kernel compilation, autotuning), then once timed: wall clock around the
 whole run, CUDA-synchronised. The backend's forward is counted, so the table also shows the attention calls
-per (layer, step) and, for the calibration, the mean bisection evaluations. Prints a table; ``--json`` also
+per (layer, step) and, for the calibration, the mean bisection evaluations (candidates: a sampled call that
+carries C candidates as C x heads counts C). Prints a table; ``--json`` also
 writes it with the device name, the torch / triton versions and the date. On an H100::
 
     python bench/calib_cost.py --backend triton --json bench/results/calib-cost-h100.json
@@ -40,14 +41,15 @@ MODES = ("normal", "calib", "load")
 
 
 class CallCounter:
-    """Wraps a backend's forward: the query length of every call, in order."""
+    """Wraps a backend's forward: the query length and the number of query heads of every call, in order."""
 
     def __init__(self, backend):
-        self.backend, self.q_lens = backend, []
+        self.backend, self.q_lens, self.heads = backend, [], []
         forward = backend.forward
 
         def counted(call):
             self.q_lens.append(call.q_len)
+            self.heads.append(call.num_heads)
             return forward(call)
 
         backend.forward = counted  # dispatch hands out one cached instance per backend
@@ -85,6 +87,7 @@ def run_mode(mode: str, layers: dict, inputs, scales, args, counter: CallCounter
         calib_config={"target_error": args.target, "progress": False, "sample_query_tiles": args.sample_query_tiles},
     )
     counter.q_lens.clear()
+    counter.heads.clear()
     _sync()
     start = time.perf_counter()
     with torch.no_grad():
@@ -108,6 +111,7 @@ def run_mode(mode: str, layers: dict, inputs, scales, args, counter: CallCounter
         "full_calls": full / layer_steps,
         "sampled_calls": (len(counter.q_lens) - full) / layer_steps,
         "calls": len(counter.q_lens) / layer_steps,
+        "head_calls": sum(counter.heads) / args.heads / layer_steps,  # C candidates in one call count C
     }
 
 
@@ -178,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         counter.remove()
     calib = rows["calib"]
-    calib["mean_iterations"] = (calib["calls"] - 1) / (1 if tile_gaps else 2)
+    calib["mean_iterations"] = (calib["head_calls"] - 1) / (1 if tile_gaps else 2)  # candidates per (layer, step)
     for row in rows.values():
         row["ratio"] = row["seconds"] / rows["normal"]["seconds"]
     print(_table(rows))

@@ -75,3 +75,38 @@ def nogaps_backend(monkeypatch):
     monkeypatch.setattr(dispatch, "_registered", lambda: registered)
     monkeypatch.setattr(dispatch, "_load", lambda name: registered[name]())
     return "nogaps"
+
+
+def previous_bisect(evaluate, heads: int, config):
+    """The bisection as it was when every candidate had a call of its own: ``evaluate(thresholds (H,)) ->
+    errors (H,)``, the upper endpoint alone first. Returns (thresholds, errors, evaluations): the oracle that
+    the rounds of :func:`liteattn_calib.bisect.bisect_thresholds` must reproduce."""
+    target = config.target_error
+    upper = torch.full((heads,), config.upper, dtype=torch.float32)
+    lower = torch.full((heads,), config.lower, dtype=torch.float32)
+    err_upper = evaluate(upper).double()
+    chosen, chosen_err = upper.clone(), err_upper.clone()
+    done = err_upper <= target
+    evaluations = 1
+    if done.all():
+        return chosen, chosen_err, evaluations
+    err_lower = evaluate(torch.where(done, chosen, lower)).double()
+    evaluations += 1
+    chosen = torch.where(done, chosen, lower)
+    chosen_err = torch.where(done, chosen_err, err_lower)
+    done = done | (err_lower > target) | (err_lower >= (1 - config.rel_tolerance) * target)
+    lo, hi = lower.clone(), upper.clone()
+    for _ in range(config.max_iters):
+        done = done | (hi - lo <= config.resolution)
+        if done.all():
+            break
+        mid = (lo + hi) / 2
+        err = evaluate(torch.where(done, chosen, mid)).double()
+        evaluations += 1
+        ok = ~done & (err <= target)
+        lo = torch.where(ok, mid, lo)
+        hi = torch.where(~done & ~ok, mid, hi)
+        chosen = torch.where(ok, mid, chosen)
+        chosen_err = torch.where(ok, err, chosen_err)
+        done = done | (ok & (err >= (1 - config.rel_tolerance) * target))
+    return chosen, chosen_err, evaluations

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from conftest import previous_bisect
 from liteattn_calib.bisect import bisect_thresholds
 from liteattn_calib.settings import CalibConfig
 
@@ -27,8 +28,8 @@ def test_heads_bisect_together_with_their_own_brackets():
     calls = []
     error = smooth_error([1.0, 100.0, 0.1])
     result = bisect_thresholds(lambda t: calls.append(t.clone()) or error(t), 3, config)
-    assert result.evaluations == len(calls) <= 32
-    assert all(t.shape == (3,) for t in calls)
+    assert result.rounds == len(calls) and result.evaluations == len(calls) + 1 <= 32
+    assert calls[0].shape == (2, 3) and all(t.shape == (1, 3) for t in calls[1:])  # both endpoints, then halvings
     assert result.thresholds[0] > result.thresholds[1]  # the noisier head needs a lower threshold
     assert result.thresholds[2] > result.thresholds[0]
     assert (result.errors <= 0.01).all()
@@ -58,3 +59,26 @@ def test_looser_target_never_lower_on_same_error(tight, loose):
 def test_bad_bracket_rejected():
     with pytest.raises(ValueError, match="lower < upper"):
         CalibConfig(lower=0.0, upper=-1.0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("target", [1e-3, 0.02, 0.3, 0.99])
+def test_rounds_choose_what_one_candidate_per_call_chose(seed, target):
+    """Both endpoints in one round, then one halving per round: the thresholds, errors and candidates of the
+    bisection that evaluated one candidate per call (which stopped after ``upper`` when every head met the
+    target there)."""
+    g = torch.Generator().manual_seed(seed)
+    heads = 5
+    levels = torch.sort(torch.rand(heads, 40, generator=g).double() ** 3, dim=-1).values  # monotone, per head
+    edges = torch.linspace(-20, 0, 40).double()
+
+    def error(t):  # (..., H) -> (..., H), each head its own step function
+        index = torch.searchsorted(edges, t.double().contiguous()).clamp(max=39)
+        return levels.gather(1, index.reshape(-1, heads).t()).t().reshape(t.shape)
+
+    for resolution, max_iters in ((1 / 64, 30), (0, 30), (0, 4)):
+        config = CalibConfig(target_error=target, resolution=resolution, max_iters=max_iters)
+        thresholds, errors, evaluations = previous_bisect(error, heads, config)
+        result = bisect_thresholds(error, heads, config)
+        assert torch.equal(result.thresholds, thresholds) and torch.equal(result.errors, errors)
+        assert result.evaluations == max(evaluations, 2) and result.rounds == result.evaluations - 1

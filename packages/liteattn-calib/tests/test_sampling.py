@@ -107,11 +107,12 @@ def test_gap_path_equals_two_call_path_on_a_sample(nogaps_backend):
     assert with_gaps.evaluations == without_gaps.evaluations
 
 
-def test_with_gaps_one_full_call_and_one_sampled_call_per_candidate(calls):
+def test_with_gaps_one_full_call_and_one_sampled_call_per_round(calls):
     state = _inherited_state()
     calls.clear()
     result = _calibrate(state, 3, commit=True)
-    assert calls == [128] + [3 * 16] * result.evaluations  # the probe (passed on and committed), then each B
+    # The probe (passed on and committed), then B of each round: the two endpoints share the first.
+    assert calls == [128] + [3 * 16] * result.rounds and result.evaluations == result.rounds + 1
 
 
 def test_without_gaps_two_sampled_calls_per_candidate_then_the_call(calls, nogaps_backend):

@@ -8,6 +8,9 @@ The error of a threshold grows with the threshold (a higher threshold drops more
   ``max_iters`` halvings have run, or the bracket is narrower than ``resolution``. The answer is always the
   low end: the largest threshold tried whose error met the target. With the same error function, a looser
   target therefore never yields a lower threshold.
+
+Each round asks ``evaluate`` for the errors of one or more candidates (one threshold per head each) and reads
+them once. The first round carries both endpoints, the halvings one candidate each.
 """
 
 from __future__ import annotations
@@ -26,28 +29,25 @@ __all__ = ["BisectResult", "bisect_thresholds"]
 class BisectResult:
     thresholds: torch.Tensor  # float32 (H,): the chosen threshold per head
     errors: torch.Tensor  # float64 (H,): the error measured at the chosen threshold
-    evaluations: int  # calls of ``evaluate`` (each is one candidate for all heads)
+    evaluations: int  # candidates evaluated (each is one threshold per head), both endpoints included
+    rounds: int = 0  # calls of ``evaluate``: the endpoints share the first
 
 
 def bisect_thresholds(evaluate: Callable[[torch.Tensor], torch.Tensor], heads: int,
                       config: CalibConfig) -> BisectResult:
-    """``evaluate(thresholds float32 (H,)) -> errors (H,)``; returns the chosen thresholds per head."""
+    """``evaluate(thresholds float32 (C, H)) -> errors (C, H)`` for C candidates; returns the chosen thresholds
+    per head."""
     target = config.target_error
     upper = torch.full((heads,), config.upper, dtype=torch.float32)
     lower = torch.full((heads,), config.lower, dtype=torch.float32)
 
-    err_upper = evaluate(upper).double()
-    chosen, chosen_err = upper.clone(), err_upper.clone()
+    # Both endpoints in one round: a head's error depends on its own threshold only, so evaluating ``lower``
+    # for heads that ``upper`` already satisfies changes nothing but the count.
+    err_upper, err_lower = evaluate(torch.stack([upper, lower])).double()
+    evaluations, rounds = 2, 1
     done = err_upper <= target
-    evaluations = 1
-    if done.all():
-        return BisectResult(chosen, chosen_err, evaluations)
-
-    # Heads already done sit at their answer: one threshold tensor serves every head in the same call.
-    err_lower = evaluate(torch.where(done, chosen, lower)).double()
-    evaluations += 1
-    chosen = torch.where(done, chosen, lower)
-    chosen_err = torch.where(done, chosen_err, err_lower)
+    chosen = torch.where(done, upper, lower)
+    chosen_err = torch.where(done, err_upper, err_lower)
     done = done | (err_lower > target) | (err_lower >= (1 - config.rel_tolerance) * target)
 
     lo, hi = lower.clone(), upper.clone()
@@ -55,13 +55,15 @@ def bisect_thresholds(evaluate: Callable[[torch.Tensor], torch.Tensor], heads: i
         done = done | (hi - lo <= config.resolution)
         if done.all():
             break
+        # Heads already done sit at their answer: one threshold tensor serves every head in the same call.
         mid = (lo + hi) / 2
-        err = evaluate(torch.where(done, chosen, mid)).double()
+        err = evaluate(torch.where(done, chosen, mid).unsqueeze(0))[0].double()
         evaluations += 1
+        rounds += 1
         ok = ~done & (err <= target)
         lo = torch.where(ok, mid, lo)
         hi = torch.where(~done & ~ok, mid, hi)
         chosen = torch.where(ok, mid, chosen)
         chosen_err = torch.where(ok, err, chosen_err)
         done = done | (ok & (err >= (1 - config.rel_tolerance) * target))
-    return BisectResult(chosen, chosen_err, evaluations)
+    return BisectResult(chosen, chosen_err, evaluations, rounds)

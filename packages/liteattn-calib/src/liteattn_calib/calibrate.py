@@ -5,8 +5,10 @@ threshold only decides what the call *writes*), so one call gives it. B, for a c
 attention that reads the keep bits the call would write at that threshold, as the next denoising step would.
 
 When the backend reports tile gaps (:func:`liteattn.functional.probe_tile_gaps`), the one full call that gives
-A also gives every candidate's keep bits, and each candidate costs one call (B). That call is also the call at
-the chosen thresholds: its output is A, and its written bits are the chosen thresholds' keep bits, so
+A also gives every candidate's keep bits, and B costs one call per bisection round
+(:meth:`liteattn.functional.TileGapProbe.lookahead`, prepared once per call: the rounds launch a few kernels
+each and read the errors once); the two endpoints share the first round's call. The full call is also the
+call at the chosen thresholds: its output is A, and its written bits are the chosen thresholds' keep bits, so
 committing it costs no further call. Otherwise each candidate costs two calls (write the candidate's bits on
 a scratch copy of the state, then B; the first of them also gives A), and the call at the chosen thresholds
 runs once more. Both ways produce the same bits.
@@ -27,7 +29,7 @@ from liteattn.skip_state import ShapeKey, SkipState
 from liteattn.tiles import num_tiles
 
 from .bisect import bisect_thresholds
-from .metrics import per_head_error
+from .metrics import ErrorMeter, per_head_error
 from .settings import CalibConfig
 
 __all__ = ["CallResult", "calibrate_call", "sample_query_tiles", "scratch_copy"]
@@ -37,11 +39,12 @@ __all__ = ["CallResult", "calibrate_call", "sample_query_tiles", "scratch_copy"]
 class CallResult:
     thresholds: torch.Tensor  # float32 (H,)
     errors: torch.Tensor  # float64 (H,), at the chosen thresholds
-    evaluations: int  # candidates evaluated (bisection iterations, endpoints included)
+    evaluations: int  # candidates evaluated (bisection iterations, both endpoints included)
     # The call at the chosen thresholds, with ``commit=True`` only (None otherwise):
     out: torch.Tensor | None = None  # (B, Sq, H, Dv)
     lse: torch.Tensor | None = None  # (B, H, Sq) float32
-    sparsity: float | None = None
+    sparsity: torch.Tensor | float | None = None
+    rounds: int = 0  # bisection rounds; with tile gaps, one sampled attention call each (the endpoints share one)
 
 
 def scratch_copy(state: SkipState) -> SkipState:
@@ -72,33 +75,25 @@ def calibrate_call(
         if tile_gaps_available(query, key, value, state, **run_kwargs):
             probe = probe_tile_gaps(query, key, value, state, **run_kwargs)
             if probe.gaps is not None:
-                return _from_gaps(probe, query, key, value, state, config, commit, run_kwargs)
+                return _from_gaps(probe, state, config, commit)
         return _by_running(query, key, value, state, config, commit, run_kwargs)
 
 
-def _from_gaps(
-    probe, query, key, value, state: SkipState, config: CalibConfig, commit: bool, run_kwargs: dict
-) -> CallResult:
-    """A is ``probe.out``; a candidate's bits are read off the gaps; one (sampled) call per candidate."""
-    tiles = sample_query_tiles(state.q_tiles, config.sample_query_tiles)
-    if tiles is None:
-        q_eval, reference = query, probe.out
-    else:
-        rows = state.query_rows(tiles)
-        q_eval, reference = query[:, rows], probe.out[:, rows]
+def _from_gaps(probe, state: SkipState, config: CalibConfig, commit: bool) -> CallResult:
+    """A is ``probe.out``; a candidate's bits are read off the gaps, and every round of the bisection (the two
+    endpoints, then each halving) is one sampled call of the probe's lookahead and one read of the errors."""
+    lookahead = probe.lookahead(sample_query_tiles(state.q_tiles, config.sample_query_tiles))
+    meter = ErrorMeter(config.metric, lookahead.reference)
 
-    def evaluate(thresholds: torch.Tensor) -> torch.Tensor:
-        scratch = scratch_copy(state) if tiles is None else state.select_query_tiles(tiles)
-        scratch.write_bits.copy_(probe.keep_bits(thresholds, tiles))
-        scratch.advance(probe.forced_bits)
-        b, _, _ = run_attention(q_eval, key, value, scratch, threshold=thresholds, **run_kwargs)
-        return per_head_error(config.metric, reference, b)
+    def evaluate(thresholds: torch.Tensor) -> torch.Tensor:  # (C, H) -> errors (C, H) on the CPU
+        return meter(lookahead(thresholds)).cpu()
 
-    result = bisect_thresholds(evaluate, query.shape[2], config)
+    result = bisect_thresholds(evaluate, lookahead.heads, config)
     if not commit:
-        return CallResult(result.thresholds, result.errors, result.evaluations)
+        return CallResult(result.thresholds, result.errors, result.evaluations, rounds=result.rounds)
     probe.commit(state, result.thresholds)
-    return CallResult(result.thresholds, result.errors, result.evaluations, probe.out, probe.lse, probe.sparsity)
+    return CallResult(result.thresholds, result.errors, result.evaluations, probe.out, probe.lse, probe.sparsity,
+                      rounds=result.rounds)
 
 
 def _by_running(query, key, value, state: SkipState, config: CalibConfig, commit: bool, run_kwargs: dict) -> CallResult:
@@ -111,7 +106,7 @@ def _by_running(query, key, value, state: SkipState, config: CalibConfig, commit
         q_eval, base = query[:, state.query_rows(tiles)], state.select_query_tiles(tiles)
     reference = None
 
-    def evaluate(thresholds: torch.Tensor) -> torch.Tensor:
+    def evaluate_one(thresholds: torch.Tensor) -> torch.Tensor:
         nonlocal reference
         scratch = scratch_copy(base)
         a, _, _ = run_attention(q_eval, key, value, scratch, threshold=thresholds, **run_kwargs)
@@ -120,11 +115,14 @@ def _by_running(query, key, value, state: SkipState, config: CalibConfig, commit
         b, _, _ = run_attention(q_eval, key, value, scratch, threshold=thresholds, **run_kwargs)
         return per_head_error(config.metric, reference, b)
 
+    def evaluate(candidates: torch.Tensor) -> torch.Tensor:  # (C, H), one candidate after the other
+        return torch.stack([evaluate_one(thresholds) for thresholds in candidates])
+
     result = bisect_thresholds(evaluate, query.shape[2], config)
     if not commit:
-        return CallResult(result.thresholds, result.errors, result.evaluations)
+        return CallResult(result.thresholds, result.errors, result.evaluations, rounds=result.rounds)
     out, lse, sparsity = run_attention(query, key, value, state, threshold=result.thresholds, **run_kwargs)
-    return CallResult(result.thresholds, result.errors, result.evaluations, out, lse, sparsity)
+    return CallResult(result.thresholds, result.errors, result.evaluations, out, lse, sparsity, rounds=result.rounds)
 
 
 def _sample_for(query, key, state: SkipState, config: CalibConfig) -> torch.Tensor | None:

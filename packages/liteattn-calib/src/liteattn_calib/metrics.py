@@ -1,4 +1,9 @@
-"""Per-head error between two attention outputs of shape (batch, seq, heads, dim)."""
+"""Per-head error between attention outputs of shape (batch, seq, heads, dim).
+
+:class:`ErrorMeter` prepares the reference once and measures any number of candidates against it: calibration
+measures every candidate of a call against the same A, and on a GPU each operation is a kernel launch.
+:func:`per_head_error` is the one-off form.
+"""
 
 from __future__ import annotations
 
@@ -6,31 +11,66 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["METRICS", "per_head_error"]
+__all__ = ["METRICS", "ErrorMeter", "per_head_error"]
 
 
-def _heads_last(x: torch.Tensor) -> torch.Tensor:
-    """(B, S, H, D) -> (H, B*S*D) in float64, so that the error of one head is a reduction over one row."""
-    return x.double().permute(2, 0, 1, 3).reshape(x.shape[2], -1)
+def _per_head_rows(out: torch.Tensor) -> torch.Tensor:
+    """(B, S, H, C, D) -> float64 (C, H, B*S*D): the error of one head of one candidate is a reduction over
+    one row. One copy does the cast and the transpose."""
+    batch, seq, heads, count, dim = out.shape
+    rows = torch.empty(count, heads, batch, seq, dim, dtype=torch.float64, device=out.device)
+    return rows.copy_(out.permute(3, 2, 0, 1, 4)).view(count, heads, -1)
+
+
+class ErrorMeter:
+    """``metric`` of candidate outputs against ``reference`` (B, S, H, D), per head.
+
+    ``meter(b)`` with b (B, S, H, D) returns float64 (H,); with b (B, S, H, C, D), C candidates at once, it
+    returns (C, H). The result stays on b's device. Metrics: ``"rel_l1"`` ``sum|a - b| / sum|a|`` (0 where both
+    are 0), ``"cosine"`` ``1 - cos(a, b)`` (each head's output one vector), ``"rmse"`` ``sqrt(mean((a - b)^2))``
+    (absolute: pick its target in the output's units).
+    """
+
+    def __init__(self, metric: str, reference: torch.Tensor):
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}; choose one of {sorted(METRICS)}")
+        self.metric = metric
+        a = _per_head_rows(reference.unsqueeze(3))[0]  # (H, N)
+        if metric == "rel_l1":
+            self._a, self._norm = a, a.abs().sum(-1).clamp_min(torch.finfo(torch.float64).tiny)
+        elif metric == "cosine":  # a's unit vector; eps as torch's cosine_similarity takes it
+            self._unit = a / torch.linalg.vector_norm(a, dim=-1, keepdim=True).clamp_min(_COSINE_EPS)
+        else:
+            self._a = a
+
+    def __call__(self, out: torch.Tensor) -> torch.Tensor:
+        b = _per_head_rows(out if out.dim() == 5 else out.unsqueeze(3))  # (C, H, N)
+        if self.metric == "rel_l1":
+            err = (b - self._a).abs().sum(-1) / self._norm
+        elif self.metric == "cosine":
+            cos = (b * self._unit).sum(-1) / torch.linalg.vector_norm(b, dim=-1).clamp_min(_COSINE_EPS)
+            err = (1.0 - cos).clamp_min(0.0)
+        else:
+            err = (b - self._a).square().mean(-1).sqrt()
+        return err if out.dim() == 5 else err[0]
+
+
+_COSINE_EPS = 1e-30
 
 
 def relative_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """sum |a - b| / sum |a| per head (0 where both are 0)."""
-    a, b = _heads_last(a), _heads_last(b)
-    return (a - b).abs().sum(-1) / a.abs().sum(-1).clamp_min(torch.finfo(torch.float64).tiny)
+    return ErrorMeter("rel_l1", a)(b)
 
 
 def one_minus_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """1 - cos(a, b) per head, each head's output flattened to one vector."""
-    a, b = _heads_last(a), _heads_last(b)
-    cos = torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-30)
-    return (1.0 - cos).clamp_min(0.0)
+    return ErrorMeter("cosine", a)(b)
 
 
 def rmse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """sqrt(mean((a - b)^2)) per head (an absolute error: pick its target in the output's units)."""
-    a, b = _heads_last(a), _heads_last(b)
-    return (a - b).pow(2).mean(-1).sqrt()
+    return ErrorMeter("rmse", a)(b)
 
 
 METRICS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
@@ -42,8 +82,4 @@ METRICS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 
 def per_head_error(metric: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Error of ``b`` against the reference ``a``: float64 (heads,) on the CPU."""
-    try:
-        fn = METRICS[metric]
-    except KeyError:
-        raise ValueError(f"unknown metric {metric!r}; choose one of {sorted(METRICS)}") from None
-    return fn(a, b).cpu()
+    return ErrorMeter(metric, a)(b).cpu()
