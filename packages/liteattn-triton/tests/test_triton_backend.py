@@ -320,6 +320,27 @@ def test_probe_tile_gaps_through_triton():
     assert torch.equal(probe.keep_bits(torch.tensor(threshold)) | probe.forced_bits, state.read_bits)
 
 
+
+def test_lookahead_through_triton():
+    """Candidates in one call as H * C heads (GQA: 4 heads on 2) equal the next call on a scratch state."""
+    q, k, v = video_qkv(frames=2, height=8, width=8, heads=4, kv_heads=2, head_dim=32, step=8, dtype=torch.float16)
+    ranges = {"must_do_list": [0, 8], "must_skip_list": [70, 90]}
+    state = liteattn.SkipState(32, 32)
+    liteattn.lite_attention(q, k, v, state, threshold=-4.0, backend="reference", **ranges)
+    probe = probe_tile_gaps(q, k, v, state, backend="triton", **ranges)
+    lookahead = probe.lookahead([1, 3])
+    candidates = torch.tensor([[-1.0, -6.0, -3.0, -9.0], [-20.0, -2.0, 0.0, -5.0]])
+    together = lookahead(candidates)
+    for c, thresholds in enumerate(candidates):
+        scratch = state.select_query_tiles([1, 3])
+        scratch.write_bits.copy_(probe.keep_bits(thresholds, [1, 3]))
+        scratch.advance(probe.forced_bits)
+        expected = liteattn.lite_attention(q[:, state.query_rows([1, 3])], k, v, scratch, threshold=thresholds,
+                                           backend="triton", **ranges)
+        assert torch.equal(lookahead(thresholds), expected)
+        assert torch.equal(together[:, :, :, c], expected)
+
+
 # -- registration and refusals --------------------------------------------------------------------------
 def test_registered_and_never_auto_under_interpreter():
     backend = get_backend("triton")
