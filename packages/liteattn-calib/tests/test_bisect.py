@@ -82,3 +82,25 @@ def test_rounds_choose_what_one_candidate_per_call_chose(seed, target):
         result = bisect_thresholds(error, heads, config)
         assert torch.equal(result.thresholds, thresholds) and torch.equal(result.errors, errors)
         assert result.evaluations == max(evaluations, 2) and result.rounds == result.evaluations - 1
+
+
+@pytest.mark.parametrize("k", [2, 3, 7])
+def test_several_candidates_per_round_keep_the_rules(k):
+    error = smooth_error([0.005, 1e9, 1.0, 30.0])  # upper, lower, and two heads in between
+    calls = []
+    one = bisect_thresholds(error, 4, CalibConfig(target_error=0.01, resolution=0))
+    many = bisect_thresholds(lambda t: calls.append(t.clone()) or error(t), 4,
+                             CalibConfig(target_error=0.01, resolution=0, candidates_per_round=k))
+    assert calls[0].shape == (2, 4) and all(t.shape == (k, 4) for t in calls[1:])
+    assert (calls[1][1:, 2:] > calls[1][:-1, 2:]).all()  # evenly spaced, ascending (heads 0, 1 hold their answer)
+    assert many.thresholds[0] == 0.0 and many.thresholds[1] == -20.0
+    err = error(many.thresholds)
+    assert ((0.009 <= err[2:]) & (err[2:] <= 0.01)).all()  # met within 10%, as with halvings
+    assert many.rounds < one.rounds and many.evaluations == 2 + k * (many.rounds - 1)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_several_candidates_resolution_and_step_edge(k):
+    step = lambda t: torch.where(t > -7.3, 1.0, 0.0).double()  # noqa: E731 - a window that can't be met
+    result = bisect_thresholds(step, 1, CalibConfig(resolution=1 / 64, candidates_per_round=k))
+    assert -7.3 - 1 / 64 <= result.thresholds[0] <= -7.3 and result.errors[0] == 0.0

@@ -1,30 +1,42 @@
 """A small multi-step sparse run for compute-sanitizer (memcheck, racecheck): odd lengths, GQA, an empty query
-tile, the skip test and tile gaps on, each step reading the bits the previous one wrote."""
+tile, the skip test and tile gaps on, each step reading the bits the previous one wrote; the 16-bit kernel at
+head dims 128, 64, 256 and the INT8 Q/K kernel at 128 and 64; a last case has more work tiles than the
+persistent grid has CTAs, so that every CTA carries its K/V ring and Q barriers from one work tile to the next."""
 import math
 
 import torch
 
 from liteattn.skip_state import pack_keep_mask
-from liteattn_cuda import fwd
+from liteattn_cuda import _ops
 
 torch.manual_seed(0)
-for D, dt in ((128, torch.bfloat16), (64, torch.float16), (256, torch.bfloat16)):
+sms = torch.cuda.get_device_properties(0).multi_processor_count
+cases = [(128, torch.bfloat16, False, 2), (64, torch.float16, False, 2), (256, torch.bfloat16, False, 2),
+         (128, torch.bfloat16, True, 2), (64, torch.float16, True, 2),
+         # more work tiles (B*H*QT = 2 * 4 * 3 * ceil(sms / 6)) than CTAs: every CTA runs several
+         (128, torch.bfloat16, False, 2 * (-(-sms // 6)))]
+for D, dt, int8, B in cases:
     bn = 64 if D > 128 else 128
-    B, Sq, Sk, H, Hkv = 2, 300, 333, 4, 2
+    Sq, Sk, H, Hkv = 300, 333, 4, 2
     q = torch.randn(B, Sq, H, D, device="cuda", dtype=dt)
     k = torch.randn(B, Sk, Hkv, D, device="cuda", dtype=dt)
     v = torch.randn(B, Sk, Hkv, D, device="cuda", dtype=dt)
-    keep = torch.rand(B, H, -(-Sq // 128), -(-Sk // bn)) < 0.6
-    keep[0, 0, 0] = False
+    qt, kt = -(-Sq // 128), -(-Sk // bn)
+    keep = torch.rand(B, H, qt, kt) < 0.6
+    keep[0, 0, 0] = False  # a work tile with no kept key tile
     out = torch.empty_like(q)
     lse = torch.empty(B, H, Sq, device="cuda")
-    kt = -(-Sk // bn)
     bits = pack_keep_mask(keep).cuda()
-    gaps = torch.full((B, H, -(-Sq // 128), kt), -math.inf, device="cuda")
+    gaps = torch.full((B, H, qt, kt), -math.inf, device="cuda")
+    thresholds = torch.full((H,), -2.0, device="cuda")
     for step in range(3):
-        wbits = torch.empty(B, H, -(-Sq // 128), -(-kt // 32), dtype=torch.int32, device="cuda")
-        fwd(q, k, v, out, lse, bits, 1 / math.sqrt(D), 128, bn, step % 2 == 1, wbits,
-            torch.full((H,), -2.0, device="cuda"), gaps)
+        wbits = torch.empty(B, H, qt, -(-kt // 32), dtype=torch.int32, device="cuda")
+        if int8:
+            q8, k8, q_scale, k_scale = _ops.quantize_qk(q, k, 128, bn)
+            _ops.fwd_int8(q8, k8, v, out, lse, q_scale, k_scale, bits, 1 / math.sqrt(D), 128, bn, step % 2 == 1,
+                          wbits, thresholds, gaps)
+        else:
+            _ops.fwd(q, k, v, out, lse, bits, 1 / math.sqrt(D), 128, bn, step % 2 == 1, wbits, thresholds, gaps)
         bits = wbits
     torch.cuda.synchronize()
-    print("memcheck shape ok", D, dt, bool(torch.isfinite(out).all()))
+    print("sanitizer case ok", D, dt, "int8" if int8 else "16-bit", "batch", B, bool(torch.isfinite(out).all()))

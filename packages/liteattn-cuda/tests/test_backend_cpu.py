@@ -61,15 +61,18 @@ def test_unsupported_reasons(kwargs, needle):
     assert reason is not None and needle in reason, reason
 
 
-def test_write_bits_accepted_until_too_long():
+def test_skip_state_rows_accepted_until_too_long():
     backend = CudaBackend()
     call = make_call(write_bits=torch.zeros(1, 4, 2, 1, dtype=torch.int32))
     assert "CUDA device" in backend.unsupported_reason(call)  # only the device is wrong here
     q = torch.randn(1, 128, 1, 64, dtype=torch.bfloat16)
     k = torch.empty(1, 8193 * 128, 1, 64, dtype=torch.bfloat16)  # 8193 key tiles: 257 words
-    long_call = AttentionCall(q, k, k, 0.125, torch.zeros(1), 128, 128,
-                              write_bits=torch.zeros(1, 1, 1, 257, dtype=torch.int32))
-    assert "key tiles" in backend.unsupported_reason(long_call)
+    long_rows = torch.zeros(1, 1, 1, 257, dtype=torch.int32)
+    for rows in ({"write_bits": long_rows}, {"compute_bits": long_rows}):  # both are staged in shared memory
+        long_call = AttentionCall(q, k, k, 0.125, torch.zeros(1), 128, 128, **rows)
+        assert "key tiles" in backend.unsupported_reason(long_call)
+    dense_call = AttentionCall(q, k, k, 0.125, torch.zeros(1), 128, 128)  # no rows: any length
+    assert "key tiles" not in backend.unsupported_reason(dense_call)
 
 
 def test_missing_library_reported(monkeypatch, tmp_path):

@@ -4,13 +4,16 @@ The error of a threshold grows with the threshold (a higher threshold drops more
 
 * error at ``upper`` within the target: the head takes ``upper`` (nothing to trade);
 * error at ``lower`` above the target: the head takes ``lower`` (the safest value on offer);
-* otherwise the bracket halves until the error at its low end is within ``rel_tolerance`` of the target,
-  ``max_iters`` halvings have run, or the bracket is narrower than ``resolution``. The answer is always the
-  low end: the largest threshold tried whose error met the target. With the same error function, a looser
-  target therefore never yields a lower threshold.
+* otherwise the bracket shrinks until the error at its low end is within ``rel_tolerance`` of the target,
+  ``max_iters`` rounds have run, or the bracket is narrower than ``resolution``. The answer is always the
+  low end: the largest threshold tried whose error met the target (the error growing with the threshold).
+  With the same error function, a looser target therefore never yields a lower threshold.
 
 Each round asks ``evaluate`` for the errors of one or more candidates (one threshold per head each) and reads
-them once. The first round carries both endpoints, the halvings one candidate each.
+them once. The first round carries both endpoints; each later round ``CalibConfig.candidates_per_round``
+evenly spaced points that cut the bracket into that many plus one parts (one point: a halving). The new
+bracket runs from the highest point below the first one that misses the target to that point: k points per
+round shrink the bracket by k + 1, so 3 points do in one round what two halvings do in two.
 """
 
 from __future__ import annotations
@@ -51,19 +54,26 @@ def bisect_thresholds(evaluate: Callable[[torch.Tensor], torch.Tensor], heads: i
     done = done | (err_lower > target) | (err_lower >= (1 - config.rel_tolerance) * target)
 
     lo, hi = lower.clone(), upper.clone()
+    k = config.candidates_per_round
+    steps = torch.arange(1, k + 1, dtype=torch.float32).unsqueeze(1) / (k + 1)  # (k, 1)
     for _ in range(config.max_iters):
         done = done | (hi - lo <= config.resolution)
         if done.all():
             break
         # Heads already done sit at their answer: one threshold tensor serves every head in the same call.
-        mid = (lo + hi) / 2
-        err = evaluate(torch.where(done, chosen, mid).unsqueeze(0))[0].double()
-        evaluations += 1
+        points = lo + steps * (hi - lo)  # (k, H), ascending
+        err = evaluate(torch.where(done, chosen, points)).double()
+        evaluations += k
         rounds += 1
-        ok = ~done & (err <= target)
-        lo = torch.where(ok, mid, lo)
-        hi = torch.where(~done & ~ok, mid, hi)
-        chosen = torch.where(ok, mid, chosen)
-        chosen_err = torch.where(ok, err, chosen_err)
-        done = done | (ok & (err >= (1 - config.rel_tolerance) * target))
+        miss = err > target
+        first_miss = torch.where(miss.any(0), miss.to(torch.int64).argmax(0), k)  # (H,): k when every point met it
+        below = (first_miss - 1).clamp_min(0)
+        moved = ~done & (first_miss > 0)  # some point met the target: the low end rises to the last one below
+        new_lo = points.gather(0, below.unsqueeze(0))[0]
+        lo_err = err.gather(0, below.unsqueeze(0))[0]
+        hi = torch.where(~done & (first_miss < k), points.gather(0, first_miss.clamp_max(k - 1).unsqueeze(0))[0], hi)
+        lo = torch.where(moved, new_lo, lo)
+        chosen = torch.where(moved, new_lo, chosen)
+        chosen_err = torch.where(moved, lo_err, chosen_err)
+        done = done | (moved & (lo_err >= (1 - config.rel_tolerance) * target))
     return BisectResult(chosen, chosen_err, evaluations, rounds)

@@ -31,6 +31,11 @@ class CalibConfig(BaseModel):
     (the same tiles for every candidate of a call): B runs on their query rows and the error is measured
     against A's rows of the same tiles, so a candidate costs ``sample_query_tiles / q_tiles`` of a full call.
     ``None``, or a value at least the call's number of query tiles, evaluates every tile.
+
+    ``candidates_per_round`` (k) thresholds are evaluated per bisection round, in one backend call: the bracket
+    shrinks by k + 1 per round instead of 2. A round of k candidates costs less than k rounds of one where the
+    sampled call is bound by reading K and V (its k copies of a head share them) and by the host's round
+    trip; where it is bound by the tensor cores it costs about k.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -43,6 +48,7 @@ class CalibConfig(BaseModel):
     lower: float = -20.0
     upper: float = 0.0
     sample_query_tiles: int | None = 16
+    candidates_per_round: int = Field(1, ge=1, le=15)
     num_steps: int | None = Field(None, ge=1, description="Steps of the run, for the progress bar only")
     progress: bool = True
 

@@ -141,12 +141,16 @@ def tile_gaps_available(query, key, value, state: SkipState | None, *, scale=Non
                         must_skip_list: Ranges = None, use_int8=False, backend: str | None = None) -> bool:
     """Whether :func:`probe_tile_gaps` with these arguments would report gaps: the backend chosen for the call
     can fill them, and the inputs are not empty. Runs nothing and leaves ``state`` as it is."""
-    # A fresh state of the same tile shape builds the same call (bits aside) without copying or resetting anything.
-    probed = SkipState(*state._requested_blocks) if state is not None else None
-    prepared = _prepare(query, key, value, probed, threshold=-math.inf, scale=scale, must_do_list=must_do_list,
+    # The stateless call with the state's tile shape is the same call, bits aside: the backend choice depends on
+    # shapes, dtypes and tiles only, and nothing is allocated or reset.
+    prepared = _prepare(query, key, value, None, threshold=-math.inf, scale=scale, must_do_list=must_do_list,
                         must_skip_list=must_skip_list, use_int8=use_int8, write=False)
     if prepared is None:
         return False
+    if state is not None:  # SkipState.prepare's tile shape: the requested one, else the head dim's default
+        default_m, default_n = default_tile_shape(query.shape[-1])
+        requested_m, requested_n = state._requested_blocks
+        prepared = (replace(prepared[0], block_m=requested_m or default_m, block_n=requested_n or default_n), None)
     return bool(select_backend(prepared[0], backend).capabilities().tile_gaps)
 
 

@@ -30,7 +30,7 @@ struct FwdArgs {
 };
 
 // Returns 0 on success, otherwise a cudaError_t value, -1 for an unsupported configuration, or -2 when
-// write_bits rows are longer than the kernel's shared bitmask (kMaxSkipWords).
+// compute_bits / write_bits rows are longer than the kernel's shared-memory rows (kMaxSkipWords).
 int fwd_sm90(FwdArgs const& args, void* stream);
 
 // Head dims compiled into this build, as a 0-terminated list.

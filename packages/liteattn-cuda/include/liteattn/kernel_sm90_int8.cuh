@@ -3,11 +3,8 @@
 #pragma once
 
 #include "kernel_traits_int8.cuh"
-#include "tile_scheduler.cuh"
-#include "mainloop_load.cuh"
 #include "mainloop_mma_int8.cuh"
-#include "softmax.cuh"
-#include "epilogue.cuh"
+#include "work_loop.cuh"
 
 namespace liteattn {
 
@@ -29,6 +26,7 @@ struct KernelParamsInt8 {
   float const* k_scale;         // (B, Hkv, KT)
   int seqlen_q, seqlen_k, num_heads, head_ratio;
   int num_q_tiles, num_k_tiles, num_words;
+  int num_work_tiles;  // B * H * QT
   float scale, scale_log2;
   bool reverse;
 };
@@ -41,20 +39,12 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   extern __shared__ char smem_buf[];
   SharedStorage& shared = *reinterpret_cast<SharedStorage*>(smem_buf);
 
-  int const warp_group = cutlass::canonical_warp_group_idx();
-  int const warp_idx = cutlass::canonical_warp_idx_sync();
-  int const lane_pred = cute::elect_one_sync();
-
-  if (warp_idx == 0 && lane_pred) {
-    cute::prefetch_tma_descriptor(params.tma_q.get_tma_descriptor());
-    cute::prefetch_tma_descriptor(params.tma_k.get_tma_descriptor());
-    cute::prefetch_tma_descriptor(params.tma_v.get_tma_descriptor());
-    shared.barrier_q.init(1);
-  }
+  init_q_barriers<Traits>(params, shared);
 
   // K and V tiles differ in size (int8 vs 16-bit): each pipeline expects its own byte count.
   typename Pipeline::Params pipe_params;
-  pipe_params.role = warp_group == 0 ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
+  pipe_params.role = cutlass::canonical_warp_group_idx() == 0 ? Pipeline::ThreadCategory::Producer
+                                                              : Pipeline::ThreadCategory::Consumer;
   pipe_params.is_leader = threadIdx.x == 0;
   pipe_params.num_consumers = Traits::kNumMmaThreads;
   pipe_params.transaction_bytes = Traits::kTmaBytesK;
@@ -63,45 +53,18 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   Pipeline pipeline_v(shared.pipeline_v, pipe_params, Shape<_1, _1, _1>{});
   __syncthreads();
 
-  WorkTile const work = BlockTileScheduler::get(params.num_heads);
-  int64_t const row_idx = (int64_t(work.batch) * params.num_heads + work.head) * params.num_q_tiles + work.m_block;
-  int32_t const* bits = params.compute_bits == nullptr ? nullptr : params.compute_bits + row_idx * params.num_words;
-  KeptTileIterator tiles(bits, params.num_k_tiles, params.reverse);
-  int const num_kept = tiles.count();
-
-  if (warp_group == 0) {
-    cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
-    if (threadIdx.x == 0) {
-      producer_load<Traits>(params, shared, work, pipeline_k, pipeline_v, tiles, num_kept);
-    }
-  } else {
-    cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
-    int const thread_idx = threadIdx.x - 128;
-    typename Traits::TiledMmaPV mma_pv;
-    Tensor tOrO = partition_fragment_C(mma_pv, select<0, 1>(typename Traits::TileShapePV{}));
-    clear(tOrO);
-    OnlineSoftmax softmax(params.scale_log2);
-    int const row0 = work.m_block * Traits::kBlockM + (thread_idx / 128) * 64 + ((thread_idx % 128) / 32) * 16 +
-                     (thread_idx % 32) / 4;
-    SkipTestWriter<Traits::kNumMmaThreads> skip{
-        shared.skip_words,
-        params.write_bits == nullptr ? nullptr : params.write_bits + row_idx * params.num_words,
-        params.num_words,
-        params.write_bits == nullptr ? 0.f : __ldg(params.thresholds + work.head),
-        {row0 < params.seqlen_q, row0 + 8 < params.seqlen_q},
-        params.tile_gaps == nullptr ? nullptr : params.tile_gaps + row_idx * params.num_k_tiles};
-    skip.begin(thread_idx);
-    if (num_kept > 0) {
-      float const q_scale = __ldg(params.q_scale + row_idx);
-      int const head_kv = work.head / params.head_ratio;
-      float const* k_scale_row =
-          params.k_scale + (int64_t(work.batch) * (params.num_heads / params.head_ratio) + head_kv) * params.num_k_tiles;
-      consumer_mainloop_int8<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, q_scale, k_scale_row,
-                                     tOrO, softmax, skip);
-    }
-    skip.end(thread_idx);
-    epilogue_store<Traits>(params, work, thread_idx, tOrO, softmax);
-  }
+  run_work_tiles<Traits>(params, shared, pipeline_k, pipeline_v,
+                         [&](WorkTile const& work, int tile, KeptTileIterator tiles, int thread_idx, auto& tOrO,
+                             auto& softmax, auto const& skip, auto& state, int q_round) {
+                           float const q_scale = __ldg(params.q_scale + tile);
+                           int const head_kv = work.head / params.head_ratio;
+                           float const* k_scale_row =
+                               params.k_scale +
+                               (int64_t(work.batch) * (params.num_heads / params.head_ratio) + head_kv) *
+                                   params.num_k_tiles;
+                           consumer_mainloop_int8<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx,
+                                                          q_scale, k_scale_row, tOrO, softmax, skip, state, q_round);
+                         });
 }
 
 }  // namespace liteattn

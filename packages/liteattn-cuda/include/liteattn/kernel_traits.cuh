@@ -13,16 +13,7 @@
 
 #include "skip_test.cuh"
 
-// Consumer loop (mainloop_mma.cuh). 0: per tile S = Q K^T, softmax, O += P V, each waited for. 1: the FA3-style
-// software pipeline (S(n) issued with PV(n-1), softmax while PV runs), measured 8-22% slower on an H100
-// (bench/NOTES-cuda.md, v2/v3) and kept for study. 2: "phased": each warpgroup issues PV(n-1) and S(n) back to
-// back as one GEMM phase and waits for both, then runs softmax(n); the two warpgroups take turns, so one's
-// softmax runs while the other's GEMM phase owns the tensor cores.
-#ifndef LITEATTN_CONSUMER_LOOP
-#define LITEATTN_CONSUMER_LOOP 0
-#endif
-
-// K/V ring depth at head dim 128 (development knob; 3 needs the row-sum sink gone, see SharedStorage).
+// K/V ring depth at head dim 128 (development knob: 3 stages fit in 227 KB and measured no faster).
 #ifndef LITEATTN_STAGES_D128
 #define LITEATTN_STAGES_D128 2
 #endif
@@ -101,10 +92,11 @@ struct KernelTraits {
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutQ>> smem_q;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutK>> smem_k;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutV>> smem_v;
-    // Write-only sink for the row sums (pipelined loop only): pins the softmax before wgmma.wait_group 0.
-    alignas(16) float row_sum_sink[LITEATTN_CONSUMER_LOOP == 1 ? kNumMmaThreads * 2 : 4];
-    alignas(16) uint32_t skip_words[kMaxSkipWords];  // this CTA's write_bits row while the loop runs
-    alignas(16) cutlass::arch::ClusterTransactionBarrier barrier_q;
+    alignas(16) uint32_t skip_words[kMaxSkipWords];
+    alignas(16) uint32_t keep_words_producer[kMaxSkipWords];  // the producer's copy of this work tile's keep row
+    alignas(16) uint32_t keep_words_consumer[kMaxSkipWords];  // the consumers' copy  // this CTA's write_bits row while the loop runs
+    alignas(16) cutlass::arch::ClusterTransactionBarrier barrier_q;  // Q landed (one phase per loaded tile)
+    cutlass::arch::ClusterBarrier barrier_q_empty;  // every consumer thread is done with Q (one phase per tile)
     typename Pipeline::SharedStorage pipeline_k;
     typename Pipeline::SharedStorage pipeline_v;
   };

@@ -39,18 +39,21 @@ int run_fwd_hdim(FwdArgs const& args, cudaStream_t stream) {
       (args.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM,
       (args.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN,
       ((args.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN + 31) / 32,
+      args.batch * args.num_heads * ((args.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM),
       args.scale,
       args.scale * 1.44269504088896340736f,  // log2(e)
       args.reverse,
   };
 
-  if (args.write_bits != nullptr && params.num_words > kMaxSkipWords) return -2;
+  // Keep and skip-test rows are staged in shared memory, kMaxSkipWords words each.
+  if ((args.write_bits != nullptr || args.compute_bits != nullptr) && params.num_words > kMaxSkipWords) return -2;
   auto kernel = &fwd_kernel_sm90<Traits>;
   constexpr int smem = Traits::kSmemBytes;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return int(err);
-  dim3 grid(params.num_q_tiles, args.num_heads, args.batch);
-  if (grid.x == 0 || grid.z == 0 || grid.y == 0) return 0;
+  if (params.num_work_tiles == 0) return 0;
+  int const grid = work_grid_size(params.num_work_tiles);
+  if (grid < 0) return -grid;
   kernel<<<grid, Traits::kNumThreads, smem, stream>>>(params);
   return int(cudaGetLastError());
 }

@@ -1,5 +1,5 @@
-// Producer: one thread of the producer warpgroup walks the keep bitmask and TMA-loads Q once, then the
-// K and V tiles of every kept key tile, into a ring of kStages smem stages.
+// Producer: one thread of the producer warpgroup walks the keep bitmask of each work tile and TMA-loads its Q,
+// then the K and V tiles of every kept key tile, into a ring of kStages smem stages shared by all work tiles.
 #pragma once
 
 #include "kernel_traits.cuh"
@@ -7,11 +7,14 @@
 
 namespace liteattn {
 
-template <class Traits, class Params>
-CUTE_DEVICE void producer_load(Params const& params, typename Traits::SharedStorage& shared, WorkTile const& work,
+// One work tile. `state` is the ring position, carried from tile to tile; `q_round` counts the tiles whose Q was
+// loaded before this one (tiles with no kept key tile load nothing). Returns whether Q was loaded.
+template <class Traits, class Params, class PipelineState>
+CUTE_DEVICE bool producer_load(Params const& params, typename Traits::SharedStorage& shared, WorkTile const& work,
                                typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
-                               KeptTileIterator tiles, int num_kept) {
-  using Element = typename Traits::Element;
+                               KeptTileIterator tiles, int num_kept, PipelineState& state, int q_round) {
+  if (num_kept == 0) return false;  // consumers write zeros / -inf without waiting on anything
+
   Tensor sQ = make_tensor(make_smem_ptr(shared.smem_q.data()), typename Traits::SmemLayoutQ{});  // (BM, D)
   Tensor sK = make_tensor(make_smem_ptr(shared.smem_k.data()), typename Traits::SmemLayoutK{});  // (BN, D, stage)
   Tensor sV = make_tensor(make_smem_ptr(shared.smem_v.data()), typename Traits::SmemLayoutV{});  // (BN, D, stage)
@@ -30,15 +33,14 @@ CUTE_DEVICE void producer_load(Params const& params, typename Traits::SharedStor
   auto [tKgK, tKsK] = tma_partition(params.tma_k, _0{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
   auto [tVgV, tVsV] = tma_partition(params.tma_v, _0{}, Layout<_1>{}, group_modes<0, 2>(sV), group_modes<0, 2>(gV));
 
-  if (num_kept == 0) return;  // consumers write zeros / -inf without waiting on anything
-
-  // Q: consumers wait on barrier_q (phase 0) before their first wgmma.
+  // Q has one buffer: wait until every consumer thread finished the previous tile's last QK^T (barrier_q_empty),
+  // then arm barrier_q (phase q_round) with Q's byte count. Meanwhile the consumers run the previous epilogue.
+  if (q_round > 0) shared.barrier_q_empty.wait((q_round - 1) & 1);
   shared.barrier_q.arrive_and_expect_tx(Traits::kTmaBytesQ);
   copy(params.tma_q.with(reinterpret_cast<uint64_t&>(shared.barrier_q), 0), tQgQ, tQsQ);
 
   // K/V ring: producer_acquire waits until both consumer warpgroups released the stage (empty barrier),
   // then arms the full barrier with the stage's byte count; consumers wait on the full barrier.
-  auto state = cutlass::make_producer_start_state<typename Traits::Pipeline>();
   for (int n = tiles.next(); n >= 0; n = tiles.next()) {
     pipeline_k.producer_acquire(state);
     copy(params.tma_k.with(*pipeline_k.producer_get_barrier(state), 0), tKgK(_, n), tKsK(_, state.index()));
@@ -46,6 +48,7 @@ CUTE_DEVICE void producer_load(Params const& params, typename Traits::SharedStor
     copy(params.tma_v.with(*pipeline_v.producer_get_barrier(state), 0), tVgV(_, n), tVsV(_, state.index()));
     ++state;
   }
+  return true;
 }
 
 }  // namespace liteattn

@@ -90,12 +90,23 @@ CUTE_DEVICE void mask_partial_tile(TensorS& tSrS, int n, int partial_tile, int s
   for (int i = 0; i < size(tSrS); ++i) tSrS(i) = acc_col(i, lane) >= valid ? -INFINITY : tSrS(i);
 }
 
-// Simple loop: each consumer warpgroup waits for every wgmma before using its result.
+// Signal the producer that this thread's warpgroup no longer reads Q (its last QK^T has completed), so the next
+// work tile's Q may overwrite it while this tile's epilogue runs.
+template <class SharedStorage>
+CUTE_DEVICE void release_q(SharedStorage& shared) {
+  shared.barrier_q_empty.arrive();
+}
+
+// The key loop of one work tile (at least one kept key tile); leaves the unnormalised O in tOrO. Each consumer
+// warpgroup waits for every wgmma before using its result: the two warpgroups overlap each other's softmax with
+// their GEMMs. (Software-pipelined loops that issue a warpgroup's two GEMMs back to back measured 7-22% slower on
+// an H100, bench/NOTES-cuda.md v2/v3/v7.) `state` is the K/V ring position carried across work tiles; `q_round`
+// the number of Q loads before this tile's.
 template <class Traits, class Params, class TensorO, class SkipWriter>
-CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits::SharedStorage& shared,
-                                          typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
-                                          KeptTileIterator tiles, int thread_idx, TensorO& tOrO,
-                                          OnlineSoftmax& softmax, SkipWriter const& skip) {
+CUTE_DEVICE void consumer_mainloop(Params const& params, typename Traits::SharedStorage& shared,
+                                   typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
+                                   KeptTileIterator tiles, int thread_idx, TensorO& tOrO, OnlineSoftmax& softmax,
+                                   SkipWriter const& skip, typename Traits::PipelineState& state, int q_round) {
   using Element = typename Traits::Element;
   constexpr int kBlockN = Traits::kBlockN;
   Tensor sQ = make_tensor(make_smem_ptr(shared.smem_q.data()), typename Traits::SmemLayoutQ{});    // (BM, D)
@@ -117,10 +128,9 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
   PingPong<Traits::kNumMmaWarpgroups> turn{thread_idx / 128};
   turn.start();
 
-  // Consumers wait on barrier_q (armed by the producer) once, before the first QK^T.
-  shared.barrier_q.wait(0);
+  // Consumers wait on barrier_q (armed by the producer) once per work tile, before the first QK^T.
+  shared.barrier_q.wait(q_round & 1);
 
-  typename Traits::PipelineState state;  // consumer side starts at phase 0
   for (int n = tiles.next(); n >= 0; n = tiles.next()) {
     // Wait for K[stage] (full barrier), S = Q K^T, then release K[stage] to the producer (empty barrier).
     turn.wait_turn();
@@ -149,198 +159,8 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
     pipeline_v.consumer_release(state);
     ++state;
   }
+  release_q(shared);
   turn.finish();
-}
-
-// Runs the whole key loop for this CTA's query tile (at least one kept tile); leaves the unnormalised O in tOrO.
-// Software-pipelined inside the warpgroup: S(n) = Q K(n)^T is issued together with O += P(n-1) V(n-1), and the
-// softmax of S(n) runs while the PV wgmma is still in flight.
-template <class Traits, class Params, class TensorO, class SkipWriter>
-CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits::SharedStorage& shared,
-                                   typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
-                                   KeptTileIterator tiles, int thread_idx, TensorO& tOrO, OnlineSoftmax& softmax,
-                                   SkipWriter const& skip) {
-  using Element = typename Traits::Element;
-  constexpr int kBlockN = Traits::kBlockN;
-  Tensor sQ = make_tensor(make_smem_ptr(shared.smem_q.data()), typename Traits::SmemLayoutQ{});    // (BM, D)
-  Tensor sK = make_tensor(make_smem_ptr(shared.smem_k.data()), typename Traits::SmemLayoutK{});    // (BN, D, stage)
-  Tensor sVt = make_tensor(make_smem_ptr(shared.smem_v.data()), typename Traits::SmemLayoutVt{});  // (D, BN, stage)
-
-  typename Traits::TiledMmaQK mma_qk;
-  typename Traits::TiledMmaPV mma_pv;
-  auto thr_qk = mma_qk.get_thread_slice(thread_idx);
-  auto thr_pv = mma_pv.get_thread_slice(thread_idx);
-  Tensor tSrQ = thr_qk.partition_fragment_A(sQ);   // (MMA, MMA_M, MMA_K) smem descriptors
-  Tensor tSrK = thr_qk.partition_fragment_B(sK);   // (MMA, MMA_N, MMA_K, stage)
-  Tensor tOrV = thr_pv.partition_fragment_B(sVt);  // (MMA, MMA_N, MMA_K, stage)
-  Tensor tSrS = partition_fragment_C(mma_qk, select<0, 1>(typename Traits::TileShapeMNK{}));  // (MMA, MMA_M, MMA_N)
-  CUTE_STATIC_ASSERT_V(size<1>(tSrS) == _1{} && size<2>(tSrS) == _1{});
-  Tensor rP = make_tensor<Element>(tSrS.layout());                                  // (MMA, MMA_M, MMA_N)
-  Tensor tOrP = make_tensor(rP.data(), acc_layout_as_a_operand(rP.layout()));      // (MMA, MMA_M, MMA_K)
-
-  int const lane = thread_idx % 32;
-  uint32_t const sink_addr = cute::cast_smem_ptr_to_uint(&shared.row_sum_sink[thread_idx * 2]);
-  int const partial_tile = params.seqlen_k % kBlockN == 0 ? -1 : params.num_k_tiles - 1;
-  PingPong<Traits::kNumMmaWarpgroups> turn{thread_idx / 128};
-  turn.start();
-
-  // Consumers wait on barrier_q (armed by the producer) once, before the first QK^T.
-  shared.barrier_q.wait(0);
-
-  // First tile: S only. Wait on K[stage]'s full barrier, release it (empty barrier) once S is in registers.
-  typename Traits::PipelineState state;  // consumer side starts at phase 0
-  int n = tiles.next();
-  turn.wait_turn();
-  pipeline_k.consumer_wait(state);
-  wgmma_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_qk, tSrQ, tSrK(_, _, _, state.index()), tSrS);
-  turn.pass_turn();
-  warpgroup_wait<0>();
-  pipeline_k.consumer_release(state);
-  mask_partial_tile<kBlockN>(tSrS, n, partial_tile, params.seqlen_k, lane);
-  float correction[2];
-  softmax.step(tSrS, correction);  // O is still zero: nothing to rescale
-  skip.vote(n, softmax, lane);
-  skip.record_gap(n, softmax, lane);
-  copy(convert_fragment<Element>(tSrS), rP);
-  auto state_v = state;
-  ++state;
-
-  // One kept tile: S(n) = Q K(n)^T issued with O += P(n-1) V(n-1); softmax(S(n)) while the PV wgmma runs;
-  // then, once PV is done, O is rescaled and P(n) converted into the P registers.
-  auto step = [&](int n, auto const& tOrP_prev, auto& rP_out) {
-    // Wait for K[n] and V[n-1] (full barriers); issue both GEMMs in this warpgroup's turn.
-    // Both waits before the first wgmma: a wait loop between the two batches makes the compiler lose track
-    // of which batch wgmma.wait_group 1 retires, and it then waits for both before the softmax.
-    turn.wait_turn();
-    pipeline_k.consumer_wait(state);
-    pipeline_v.consumer_wait(state_v);
-    wgmma_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_qk, tSrQ, tSrK(_, _, _, state.index()), tSrS);
-    wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP_prev, tOrV(_, _, _, state_v.index()), tOrO);
-    turn.pass_turn();
-    warpgroup_wait<1>();  // S(n) landed; PV(n-1) may still run
-    pipeline_k.consumer_release(state);
-    mask_partial_tile<kBlockN>(tSrS, n, partial_tile, params.seqlen_k, lane);
-    softmax.step(tSrS, correction);
-    skip.vote(n, softmax, lane);
-    skip.record_gap(n, softmax, lane);
-    // The compiler sinks exp2's below the wait when nothing needs them earlier; a shared store of the row
-    // sums (which depend on every exp2) cannot move past wgmma.wait_group, so the softmax stays overlapped.
-    asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(sink_addr), "f"(softmax.row_sum[0]),
-                 "f"(softmax.row_sum[1]) : "memory");
-    warpgroup_wait<0>();  // PV(n-1) done: O and the P registers are free again
-    pipeline_v.consumer_release(state_v);
-    copy(convert_fragment<Element>(tSrS), rP_out);
-    CUTE_UNROLL
-    for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= correction[acc_row(i)];
-    state_v = state;
-    ++state;
-  };
-  auto last_pv = [&](auto const& tOrP_last) {
-    turn.wait_turn();
-    pipeline_v.consumer_wait(state_v);
-    wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP_last, tOrV(_, _, _, state_v.index()), tOrO);
-    turn.pass_turn();
-    warpgroup_wait<0>();
-    pipeline_v.consumer_release(state_v);
-  };
-
-  for (n = tiles.next(); n >= 0; n = tiles.next()) step(n, tOrP, rP);
-  last_pv(tOrP);
-  turn.finish();
-}
-
-// Phased loop: per kept tile one GEMM phase, O += P(n-1) V(n-1) then S(n) = Q K(n)^T, issued back to back in this
-// warpgroup's turn and waited for together, then softmax(n) outside the turn. With ping-pong the two warpgroups
-// alternate: one's softmax runs while the other's two GEMMs own the tensor cores. Unlike the pipelined loop no
-// wgmma is in flight during the softmax, so no wait_group 1 bookkeeping can serialise it.
-template <class Traits, class Params, class TensorO, class SkipWriter>
-CUTE_DEVICE void consumer_mainloop_phased(Params const& params, typename Traits::SharedStorage& shared,
-                                          typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
-                                          KeptTileIterator tiles, int thread_idx, TensorO& tOrO,
-                                          OnlineSoftmax& softmax, SkipWriter const& skip) {
-  using Element = typename Traits::Element;
-  constexpr int kBlockN = Traits::kBlockN;
-  Tensor sQ = make_tensor(make_smem_ptr(shared.smem_q.data()), typename Traits::SmemLayoutQ{});    // (BM, D)
-  Tensor sK = make_tensor(make_smem_ptr(shared.smem_k.data()), typename Traits::SmemLayoutK{});    // (BN, D, stage)
-  Tensor sVt = make_tensor(make_smem_ptr(shared.smem_v.data()), typename Traits::SmemLayoutVt{});  // (D, BN, stage)
-
-  typename Traits::TiledMmaQK mma_qk;
-  typename Traits::TiledMmaPV mma_pv;
-  auto thr_qk = mma_qk.get_thread_slice(thread_idx);
-  auto thr_pv = mma_pv.get_thread_slice(thread_idx);
-  Tensor tSrQ = thr_qk.partition_fragment_A(sQ);   // (MMA, MMA_M, MMA_K) smem descriptors
-  Tensor tSrK = thr_qk.partition_fragment_B(sK);   // (MMA, MMA_N, MMA_K, stage)
-  Tensor tOrV = thr_pv.partition_fragment_B(sVt);  // (MMA, MMA_N, MMA_K, stage)
-  Tensor tSrS = partition_fragment_C(mma_qk, select<0, 1>(typename Traits::TileShapeMNK{}));  // (MMA, MMA_M, MMA_N)
-  CUTE_STATIC_ASSERT_V(size<1>(tSrS) == _1{} && size<2>(tSrS) == _1{});
-  Tensor rP = make_tensor<Element>(tSrS.layout());                                  // P(n-1) while S(n) is computed
-  Tensor tOrP = make_tensor(rP.data(), acc_layout_as_a_operand(rP.layout()));      // (MMA, MMA_M, MMA_K)
-
-  int const lane = thread_idx % 32;
-  int const partial_tile = params.seqlen_k % kBlockN == 0 ? -1 : params.num_k_tiles - 1;
-  PingPong<Traits::kNumMmaWarpgroups> turn{thread_idx / 128};
-  turn.start();
-  shared.barrier_q.wait(0);
-
-  // The softmax of tile n, outside the turn: mask, online softmax, skip test, rescale O, P(n) into registers.
-  float correction[2];
-  auto softmax_phase = [&](int n) {
-    if (n == partial_tile) mask_partial_tile<kBlockN>(tSrS, n, partial_tile, params.seqlen_k, lane);
-    softmax.step(tSrS, correction);
-    skip.vote(n, softmax, lane);
-    skip.record_gap(n, softmax, lane);
-    rescale_o(tOrO, correction);
-    copy(convert_fragment<Element>(tSrS), rP);
-  };
-
-  typename Traits::PipelineState state;  // consumer side starts at phase 0
-  int n = tiles.next();
-  turn.wait_turn();
-  pipeline_k.consumer_wait(state);
-  wgmma_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_qk, tSrQ, tSrK(_, _, _, state.index()), tSrS);
-  turn.pass_turn();
-  warpgroup_wait<0>();
-  pipeline_k.consumer_release(state);
-  softmax_phase(n);
-  auto state_v = state;
-  ++state;
-
-  for (n = tiles.next(); n >= 0; n = tiles.next()) {
-    turn.wait_turn();
-    pipeline_v.consumer_wait(state_v);
-    pipeline_k.consumer_wait(state);
-    wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), tOrO);
-    wgmma_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_qk, tSrQ, tSrK(_, _, _, state.index()), tSrS);
-    turn.pass_turn();
-    warpgroup_wait<0>();
-    pipeline_v.consumer_release(state_v);
-    pipeline_k.consumer_release(state);
-    softmax_phase(n);
-    state_v = state;
-    ++state;
-  }
-
-  turn.wait_turn();
-  pipeline_v.consumer_wait(state_v);
-  wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), tOrO);
-  turn.pass_turn();
-  warpgroup_wait<0>();
-  pipeline_v.consumer_release(state_v);
-  turn.finish();
-}
-
-template <class Traits, class Params, class TensorO, class SkipWriter>
-CUTE_DEVICE void consumer_mainloop(Params const& params, typename Traits::SharedStorage& shared,
-                                   typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
-                                   KeptTileIterator tiles, int thread_idx, TensorO& tOrO, OnlineSoftmax& softmax,
-                                   SkipWriter const& skip) {
-  if constexpr (LITEATTN_CONSUMER_LOOP == 1) {
-    consumer_mainloop_overlap<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO, softmax, skip);
-  } else if constexpr (LITEATTN_CONSUMER_LOOP == 2) {
-    consumer_mainloop_phased<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO, softmax, skip);
-  } else {
-    consumer_mainloop_serial<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO, softmax, skip);
-  }
 }
 
 }  // namespace liteattn

@@ -19,15 +19,15 @@ CUTE_DEVICE void dequantize_scores(TensorI const& acc, TensorF& scores, float fa
   for (int i = 0; i < size(acc); ++i) scores(i) = __int2float_rn(acc(i)) * factor;
 }
 
-// Runs the whole key loop (at least one kept tile); leaves the unnormalised O in tOrO. Serial per warpgroup
-// (each wgmma waited for before its result is used), ping-pong across the two consumer warpgroups, as the
-// default 16-bit loop.
+// The key loop of one work tile (at least one kept tile); leaves the unnormalised O in tOrO. Serial per
+// warpgroup (each wgmma waited for before its result is used), as the 16-bit consumer_mainloop, whose ring
+// `state` and `q_round` conventions it shares.
 template <class Traits, class Params, class TensorO, class SkipWriter>
 CUTE_DEVICE void consumer_mainloop_int8(Params const& params, typename Traits::SharedStorage& shared,
                                         typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
                                         KeptTileIterator tiles, int thread_idx, float q_scale,
                                         float const* k_scale_row, TensorO& tOrO, OnlineSoftmax& softmax,
-                                        SkipWriter const& skip) {
+                                        SkipWriter const& skip, typename Traits::PipelineState& state, int q_round) {
   using Element = typename Traits::Element;
   constexpr int kBlockN = Traits::kBlockN;
   Tensor sQ = make_tensor(make_smem_ptr(shared.smem_q.data()), typename Traits::SmemLayoutQ{});    // (BM, D) int8
@@ -52,9 +52,8 @@ CUTE_DEVICE void consumer_mainloop_int8(Params const& params, typename Traits::S
   PingPong<Traits::kNumMmaWarpgroups> turn{thread_idx / 128};
   turn.start();
 
-  shared.barrier_q.wait(0);
+  shared.barrier_q.wait(q_round & 1);
 
-  typename Traits::PipelineState state;
   for (int n = tiles.next(); n >= 0; n = tiles.next()) {
     float const factor = q_scale * __ldg(k_scale_row + n);  // issued before the waits, used after
     turn.wait_turn();
@@ -84,6 +83,7 @@ CUTE_DEVICE void consumer_mainloop_int8(Params const& params, typename Traits::S
     pipeline_v.consumer_release(state);
     ++state;
   }
+  release_q(shared);
   turn.finish();
 }
 

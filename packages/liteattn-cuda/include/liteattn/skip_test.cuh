@@ -14,6 +14,12 @@ namespace liteattn {
 constexpr int kMaxSkipWords = 256;  // write_bits rows of up to 8192 key tiles (1M keys at block_n 128)
 constexpr int kSkipBarrierId = 3;   // named barrier over the consumer threads (0: __syncthreads, 1-2: ping-pong)
 
+// Named barrier over the consumer warpgroups only (the producer thread runs ahead and never joins).
+template <int kNumMmaThreads>
+CUTE_DEVICE void consumer_sync() {
+  asm volatile("bar.sync %0, %1;\n" ::"n"(kSkipBarrierId), "n"(kNumMmaThreads));
+}
+
 template <int kNumMmaThreads>
 struct SkipTestWriter {
   uint32_t* smem_words;   // kMaxSkipWords words in shared memory
@@ -23,9 +29,7 @@ struct SkipTestWriter {
   bool row_valid[2];      // this thread's two rows are < Sq (padded rows never vote)
   float* gmem_gaps;       // this CTA's row of tile_gaps (KT floats), or nullptr
 
-  CUTE_DEVICE static void consumer_bar() {
-    asm volatile("bar.sync %0, %1;\n" ::"n"(kSkipBarrierId), "n"(kNumMmaThreads));
-  }
+  CUTE_DEVICE static void consumer_bar() { consumer_sync<kNumMmaThreads>(); }
 
   CUTE_DEVICE bool enabled() const { return gmem_words != nullptr; }
 

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cuda_runtime.h>
 #include <cute/config.hpp>
 
 namespace liteattn {
@@ -12,20 +13,47 @@ struct WorkTile {
   int batch;
 };
 
-// One CTA per (query tile, head, batch), query tile fastest so that CTAs sharing a K/V head run together
-// and hit L2. The hardware block scheduler hands out CTAs as SMs free up, so a CTA with few kept tiles
-// frees its SM early instead of pinning a fixed share of the work.
-struct BlockTileScheduler {
-  CUTE_DEVICE static WorkTile get(int num_heads) {
-    return {int(blockIdx.x), int(blockIdx.y), int(blockIdx.z)};
+// A CTA walks the work tiles blockIdx.x, blockIdx.x + gridDim.x, ... A work tile is one (query tile, head,
+// batch), numbered like the rows of the keep bitmask ((b * H + h) * QT + m), query tile fastest, so that the CTAs
+// running at any moment share a few K/V heads and hit L2. The default grid has one CTA per work tile, which the
+// hardware hands to SMs as they free up: rows with few kept tiles never hold an SM while others wait. With
+// LITEATTN_PERSISTENT=1 the grid is one CTA per SM, each carrying its K/V ring and Q barriers across its tiles
+// (the producer loads the next Q and K/V during the epilogue); the static assignment then costs 5-10% to
+// imbalance between SMs on skewed keep masks (bench/NOTES-cuda.md, v8).
+struct WorkTileScheduler {
+  int num_tiles;  // B * H * QT
+  int num_q_tiles;
+  int num_heads;
+
+  CUTE_DEVICE int first() const { return int(blockIdx.x); }
+  CUTE_DEVICE int next(int tile) const { return tile + int(gridDim.x); }
+  CUTE_DEVICE bool valid(int tile) const { return tile < num_tiles; }
+  CUTE_DEVICE WorkTile decode(int tile) const {
+    int const rest = tile / num_q_tiles;
+    return {tile - rest * num_q_tiles, rest % num_heads, rest / num_heads};
   }
 };
 
-// Walks the set bits of one (b, h, query-tile) row of the keep bitmask, ascending or descending.
-// Producer and consumers each run their own copy: the words are tiny (W = ceil(KT/32)) and L1-resident,
-// and re-scanning avoids a shared-memory handshake per tile.
+#ifndef LITEATTN_PERSISTENT
+#define LITEATTN_PERSISTENT 0
+#endif
+
+// One CTA per work tile, or (persistent) one resident CTA per SM (a CTA takes most of an SM's shared memory),
+// never more CTAs than work tiles. Returns the grid size, or minus a cudaError_t value.
+inline int work_grid_size(int num_work_tiles) {
+  if (!LITEATTN_PERSISTENT) return num_work_tiles;
+  int device = 0, sms = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err != cudaSuccess) return -int(err);
+  return sms < num_work_tiles ? sms : num_work_tiles;
+}
+
+// Walks the set bits of one (b, h, query-tile) row of the keep bitmask, ascending or descending. Producer and
+// consumers each walk their own shared-memory copy of the row (stage_keep_row): read from global memory, every
+// new word cost a dependent load on the consumers' serial path, about once per 3 kept tiles at 90% sparsity.
 struct KeptTileIterator {
-  int32_t const* words;  // W words, or nullptr = every tile kept
+  uint32_t const* words;  // W words in shared memory, or nullptr = every tile kept
   int num_words;
   int num_tiles;         // KT: bits >= KT are ignored
   bool reverse;
@@ -33,13 +61,13 @@ struct KeptTileIterator {
   uint32_t cur;
 
   CUTE_DEVICE uint32_t load_word(int w) const {
-    uint32_t bits = words == nullptr ? 0xffffffffu : uint32_t(__ldg(words + w));
+    uint32_t bits = words == nullptr ? 0xffffffffu : words[w];
     int valid = num_tiles - w * 32;  // bits of this word that name real tiles
     if (valid < 32) bits &= (1u << valid) - 1u;
     return bits;
   }
 
-  CUTE_DEVICE KeptTileIterator(int32_t const* words_, int num_tiles_, bool reverse_)
+  CUTE_DEVICE KeptTileIterator(uint32_t const* words_, int num_tiles_, bool reverse_)
       : words(words_), num_words((num_tiles_ + 31) / 32), num_tiles(num_tiles_), reverse(reverse_) {
     word_idx = reverse ? num_words - 1 : 0;
     cur = num_words > 0 ? load_word(word_idx) : 0u;

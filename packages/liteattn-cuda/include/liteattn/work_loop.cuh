@@ -1,0 +1,95 @@
+// The persistent CTA body shared by the 16-bit and INT8 kernels: barrier set-up, the walk over this CTA's work
+// tiles (WorkTileScheduler) by the producer thread and by the consumer warpgroups, and per work tile the
+// skip-test writer, the key loop (a kernel-specific callable) and the epilogue.
+#pragma once
+
+#include "tile_scheduler.cuh"
+#include "mainloop_load.cuh"
+#include "softmax.cuh"
+#include "epilogue.cuh"
+#include "skip_test.cuh"
+
+namespace liteattn {
+
+// Copy work tile `tile`'s keep row into shared memory, `stride` threads from `thread_idx` (the producer thread
+// alone, or every consumer thread) with independent loads; returns the copy, or nullptr for "every tile kept".
+template <class Params>
+CUTE_DEVICE uint32_t const* stage_keep_row(Params const& params, int tile, uint32_t* smem_words, int thread_idx,
+                                           int stride) {
+  if (params.compute_bits == nullptr) return nullptr;
+  int32_t const* row = params.compute_bits + int64_t(tile) * params.num_words;
+#pragma unroll 4
+  for (int w = thread_idx; w < params.num_words; w += stride) smem_words[w] = uint32_t(__ldg(row + w));
+  return smem_words;
+}
+
+// `key_loop(work, tile, tiles, thread_idx, tOrO, softmax, skip, state, q_round)` runs the consumers' key loop of
+// one work tile with at least one kept key tile.
+template <class Traits, class Params, class KeyLoop>
+CUTE_DEVICE void run_work_tiles(Params const& params, typename Traits::SharedStorage& shared,
+                                typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
+                                KeyLoop&& key_loop) {
+  WorkTileScheduler const scheduler{params.num_work_tiles, params.num_q_tiles, params.num_heads};
+  if (cutlass::canonical_warp_group_idx() == 0) {
+    cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
+    if (threadIdx.x != 0) return;
+    auto state = cutlass::make_producer_start_state<typename Traits::Pipeline>();
+    int q_round = 0;
+    for (int tile = scheduler.first(); scheduler.valid(tile); tile = scheduler.next(tile)) {
+      KeptTileIterator tiles(stage_keep_row(params, tile, shared.keep_words_producer, 0, 1), params.num_k_tiles,
+                             params.reverse);
+      q_round += producer_load<Traits>(params, shared, scheduler.decode(tile), pipeline_k, pipeline_v, tiles,
+                                       tiles.count(), state, q_round);
+    }
+    return;
+  }
+
+  cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
+  int const thread_idx = threadIdx.x - 128;
+  typename Traits::PipelineState state;  // consumer side starts at phase 0
+  int q_round = 0;
+  for (int tile = scheduler.first(); scheduler.valid(tile); tile = scheduler.next(tile)) {
+    WorkTile const work = scheduler.decode(tile);
+    if (params.compute_bits != nullptr) consumer_sync<Traits::kNumMmaThreads>();  // previous row fully read
+    uint32_t const* row = stage_keep_row(params, tile, shared.keep_words_consumer, thread_idx, Traits::kNumMmaThreads);
+    if (params.compute_bits != nullptr) consumer_sync<Traits::kNumMmaThreads>();  // row complete
+    KeptTileIterator tiles(row, params.num_k_tiles, params.reverse);
+    int const num_kept = tiles.count();
+
+    typename Traits::TiledMmaPV mma_pv;
+    Tensor tOrO = partition_fragment_C(mma_pv, select<0, 1>(typename Traits::TileShapePV{}));  // (MMA, MMA_M, MMA_N)
+    clear(tOrO);
+    OnlineSoftmax softmax(params.scale_log2);
+    // Skip test: a row votes only if it is a real query row (rows of this thread as in the epilogue).
+    int const row0 = work.m_block * Traits::kBlockM + (thread_idx / 128) * 64 + ((thread_idx % 128) / 32) * 16 +
+                     (thread_idx % 32) / 4;
+    SkipTestWriter<Traits::kNumMmaThreads> skip{
+        shared.skip_words,
+        params.write_bits == nullptr ? nullptr : params.write_bits + int64_t(tile) * params.num_words,
+        params.num_words,
+        params.write_bits == nullptr ? 0.f : __ldg(params.thresholds + work.head),
+        {row0 < params.seqlen_q, row0 + 8 < params.seqlen_q},
+        params.tile_gaps == nullptr ? nullptr : params.tile_gaps + int64_t(tile) * params.num_k_tiles};
+    skip.begin(thread_idx);
+    if (num_kept > 0) {
+      key_loop(work, tile, tiles, thread_idx, tOrO, softmax, skip, state, q_round);
+      ++q_round;
+    }
+    skip.end(thread_idx);
+    epilogue_store<Traits>(params, work, thread_idx, tOrO, softmax);
+  }
+}
+
+// Barrier set-up of both kernels: Q-landed (one producer arrival + Q's bytes), Q-released (every consumer thread).
+template <class Traits, class Params>
+CUTE_DEVICE void init_q_barriers(Params const& params, typename Traits::SharedStorage& shared) {
+  if (cutlass::canonical_warp_idx_sync() == 0 && cute::elect_one_sync()) {
+    cute::prefetch_tma_descriptor(params.tma_q.get_tma_descriptor());
+    cute::prefetch_tma_descriptor(params.tma_k.get_tma_descriptor());
+    cute::prefetch_tma_descriptor(params.tma_v.get_tma_descriptor());
+    shared.barrier_q.init(1);
+    shared.barrier_q_empty.init(Traits::kNumMmaThreads);
+  }
+}
+
+}  // namespace liteattn
