@@ -85,7 +85,8 @@ def run_mode(mode: str, layers: dict, inputs, scales, args, counter: CallCounter
         threshold=args.threshold if mode == "normal" else None,
         filename=path if mode == "load" else None,
         calib_config={"target_error": args.target, "progress": False, "sample_query_tiles": args.sample_query_tiles,
-                      "candidates_per_round": args.candidates_per_round},
+                      "candidates_per_round": args.candidates_per_round,
+                      **({} if args.resolution is None else {"resolution": args.resolution})},
     )
     counter.q_lens.clear()
     counter.heads.clear()
@@ -142,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", type=float, default=0.01, help="the calibration's target error")
     parser.add_argument("--sample-query-tiles", type=_sample, default=16, help="an int, or 'all'")
     parser.add_argument("--candidates-per-round", type=int, default=1, help="CalibConfig.candidates_per_round")
+    parser.add_argument("--resolution", type=float, default=None, help="CalibConfig.resolution (default: its own)")
     parser.add_argument("--json", default=None, help="write the results here too")
     args = parser.parse_args(argv)
 
@@ -210,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             "target": args.target,
             "sample_query_tiles": args.sample_query_tiles,
             "candidates_per_round": args.candidates_per_round,
+            "resolution": args.resolution,
         }
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "rows": list(rows.values())}, f, indent=1)

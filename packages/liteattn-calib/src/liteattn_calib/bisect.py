@@ -9,8 +9,11 @@ The error of a threshold grows with the threshold (a higher threshold drops more
   low end: the largest threshold tried whose error met the target (the error growing with the threshold).
   With the same error function, a looser target therefore never yields a lower threshold.
 
-Each round asks ``evaluate`` for the errors of one or more candidates (one threshold per head each) and reads
-them once. The first round carries both endpoints; each later round ``CalibConfig.candidates_per_round``
+Each round asks ``evaluate`` for the errors of one or more candidates (one threshold per head each). The
+bookkeeping runs on the errors' device: after the endpoints (read once, to stop when every head sits at one),
+the rounds needed to narrow the bracket to ``resolution`` run without reading anything back, so a GPU never
+waits for the host between rounds. Heads done early keep their answer through the remaining rounds. With
+``resolution=0`` every round reads back whether all heads are done. The first round carries both endpoints; each later round ``CalibConfig.candidates_per_round``
 evenly spaced points that cut the bracket into that many plus one parts (one point: a halving). The new
 bracket runs from the highest point below the first one that misses the target to that point: k points per
 round shrink the bracket by k + 1, so 3 points do in one round what two halvings do in two.
@@ -36,13 +39,13 @@ class BisectResult:
     rounds: int = 0  # calls of ``evaluate``: the endpoints share the first
 
 
-def bisect_thresholds(evaluate: Callable[[torch.Tensor], torch.Tensor], heads: int,
-                      config: CalibConfig) -> BisectResult:
-    """``evaluate(thresholds float32 (C, H)) -> errors (C, H)`` for C candidates; returns the chosen thresholds
-    per head."""
+def bisect_thresholds(evaluate: Callable[[torch.Tensor], torch.Tensor], heads: int, config: CalibConfig,
+                      device: torch.device | str = "cpu") -> BisectResult:
+    """``evaluate(thresholds float32 (C, H) on device) -> errors (C, H) on device`` for C candidates; returns the
+    chosen thresholds per head (on the CPU)."""
     target = config.target_error
-    upper = torch.full((heads,), config.upper, dtype=torch.float32)
-    lower = torch.full((heads,), config.lower, dtype=torch.float32)
+    upper = torch.full((heads,), config.upper, dtype=torch.float32, device=device)
+    lower = torch.full((heads,), config.lower, dtype=torch.float32, device=device)
 
     # Both endpoints in one round: a head's error depends on its own threshold only, so evaluating ``lower``
     # for heads that ``upper`` already satisfies changes nothing but the count.
@@ -52,13 +55,15 @@ def bisect_thresholds(evaluate: Callable[[torch.Tensor], torch.Tensor], heads: i
     chosen = torch.where(done, upper, lower)
     chosen_err = torch.where(done, err_upper, err_lower)
     done = done | (err_lower > target) | (err_lower >= (1 - config.rel_tolerance) * target)
+    if bool(done.all()):
+        return BisectResult(chosen.cpu(), chosen_err.cpu(), evaluations, rounds)
 
     lo, hi = lower.clone(), upper.clone()
     k = config.candidates_per_round
-    steps = torch.arange(1, k + 1, dtype=torch.float32).unsqueeze(1) / (k + 1)  # (k, 1)
-    for _ in range(config.max_iters):
+    steps = (torch.arange(1, k + 1, dtype=torch.float32, device=device) / (k + 1)).unsqueeze(1)  # (k, 1)
+    for _ in range(_rounds_to_resolution(config)):
         done = done | (hi - lo <= config.resolution)
-        if done.all():
+        if config.resolution == 0 and bool(done.all()):
             break
         # Heads already done sit at their answer: one threshold tensor serves every head in the same call.
         points = lo + steps * (hi - lo)  # (k, H), ascending
@@ -76,4 +81,16 @@ def bisect_thresholds(evaluate: Callable[[torch.Tensor], torch.Tensor], heads: i
         chosen = torch.where(moved, new_lo, chosen)
         chosen_err = torch.where(moved, lo_err, chosen_err)
         done = done | (moved & (lo_err >= (1 - config.rel_tolerance) * target))
-    return BisectResult(chosen, chosen_err, evaluations, rounds)
+    return BisectResult(chosen.cpu(), chosen_err.cpu(), evaluations, rounds)
+
+
+def _rounds_to_resolution(config: CalibConfig) -> int:
+    """Rounds after the endpoints until every bracket is at most ``resolution`` wide (``max_iters`` at most): each
+    round divides the width by ``candidates_per_round + 1``."""
+    if config.resolution == 0:
+        return config.max_iters
+    width, rounds = config.upper - config.lower, 0
+    while width > config.resolution and rounds < config.max_iters:
+        width /= config.candidates_per_round + 1
+        rounds += 1
+    return rounds

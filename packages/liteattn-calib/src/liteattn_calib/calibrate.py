@@ -85,10 +85,10 @@ def _from_gaps(probe, state: SkipState, config: CalibConfig, commit: bool) -> Ca
     lookahead = probe.lookahead(sample_query_tiles(state.q_tiles, config.sample_query_tiles))
     meter = ErrorMeter(config.metric, lookahead.reference)
 
-    def evaluate(thresholds: torch.Tensor) -> torch.Tensor:  # (C, H) -> errors (C, H) on the CPU
-        return meter(lookahead(thresholds)).cpu()
+    def evaluate(thresholds: torch.Tensor) -> torch.Tensor:  # (C, H) -> errors (C, H), on the query's device
+        return meter(lookahead(thresholds))
 
-    result = bisect_thresholds(evaluate, lookahead.heads, config)
+    result = bisect_thresholds(evaluate, lookahead.heads, config, device=lookahead.reference.device)
     if not commit:
         return CallResult(result.thresholds, result.errors, result.evaluations, rounds=result.rounds)
     probe.commit(state, result.thresholds)
