@@ -13,8 +13,10 @@ Each round asks ``evaluate`` for the errors of one or more candidates (one thres
 bookkeeping runs on the errors' device: after the endpoints (read once, to stop when every head sits at one),
 the rounds needed to narrow the bracket to ``resolution`` run without reading anything back, so a GPU never
 waits for the host between rounds. Heads done early keep their answer through the remaining rounds. With
-``resolution=0`` every round reads back whether all heads are done. The first round carries both endpoints; each later round ``CalibConfig.candidates_per_round``
-evenly spaced points that cut the bracket into that many plus one parts (one point: a halving). The new
+``resolution=0`` every round reads back whether all heads are done.
+
+The first round carries both endpoints; each later round ``CalibConfig.candidates_per_round`` evenly spaced
+points that cut the bracket into that many plus one parts (one point: a halving). The new
 bracket runs from the highest point below the first one that misses the target to that point: k points per
 round shrink the bracket by k + 1, so 3 points do in one round what two halvings do in two.
 """
@@ -60,16 +62,26 @@ def bisect_thresholds(evaluate: Callable[[torch.Tensor], torch.Tensor], heads: i
 
     lo, hi = lower.clone(), upper.clone()
     k = config.candidates_per_round
+    window = (1 - config.rel_tolerance) * target
     steps = (torch.arange(1, k + 1, dtype=torch.float32, device=device) / (k + 1)).unsqueeze(1)  # (k, 1)
     for _ in range(_rounds_to_resolution(config)):
         done = done | (hi - lo <= config.resolution)
         if config.resolution == 0 and bool(done.all()):
             break
+        evaluations += k
+        rounds += 1
+        if k == 1:  # a halving, in as few operations as the general round: each is a kernel launch on a GPU
+            mid = (lo + hi) * 0.5
+            err = evaluate(torch.where(done, chosen, mid).unsqueeze(0))[0].double()
+            ok = (err <= target) & ~done
+            hi = torch.where(ok | done, hi, mid)
+            lo, chosen = torch.where(ok, mid, lo), torch.where(ok, mid, chosen)
+            chosen_err = torch.where(ok, err, chosen_err)
+            done = done | (ok & (err >= window))
+            continue
         # Heads already done sit at their answer: one threshold tensor serves every head in the same call.
         points = lo + steps * (hi - lo)  # (k, H), ascending
         err = evaluate(torch.where(done, chosen, points)).double()
-        evaluations += k
-        rounds += 1
         miss = err > target
         first_miss = torch.where(miss.any(0), miss.to(torch.int64).argmax(0), k)  # (H,): k when every point met it
         below = (first_miss - 1).clamp_min(0)
@@ -80,7 +92,7 @@ def bisect_thresholds(evaluate: Callable[[torch.Tensor], torch.Tensor], heads: i
         lo = torch.where(moved, new_lo, lo)
         chosen = torch.where(moved, new_lo, chosen)
         chosen_err = torch.where(moved, lo_err, chosen_err)
-        done = done | (moved & (lo_err >= (1 - config.rel_tolerance) * target))
+        done = done | (moved & (lo_err >= window))
     return BisectResult(chosen.cpu(), chosen_err.cpu(), evaluations, rounds)
 
 
