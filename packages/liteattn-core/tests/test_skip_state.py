@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import liteattn
-from liteattn.skip_state import pack_keep_mask, unpack_keep_mask
+from liteattn.skip_state import ShapeKey, SkipState, pack_keep_mask, unpack_keep_mask
 from liteattn.testing import video_qkv
 
 
@@ -83,3 +83,12 @@ def test_select_query_tiles_rejects_bad_indices():
             state.select_query_tiles(bad)
         with pytest.raises(ValueError, match="query tiles"):
             state.query_rows(bad)
+
+
+@pytest.mark.parametrize("k_len", [5 * 16, 32 * 16, 33 * 16, 70 * 16 + 7])
+def test_fresh_state_keeps_every_tile_and_writes_nothing(k_len):
+    state = SkipState(16, 16)
+    state.prepare(ShapeKey(2, 3, 100, k_len, 32, torch.device("cpu")))
+    every_tile = torch.ones(2, 3, state.q_tiles, state.k_tiles, dtype=torch.bool)
+    assert torch.equal(state.read_bits, pack_keep_mask(every_tile))  # no bit past the last key tile
+    assert state.read_bits.dtype == torch.int32 and not state.write_bits.any()

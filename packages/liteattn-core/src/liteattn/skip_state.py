@@ -194,10 +194,13 @@ class SkipState:
             self._allocate()
 
     def _allocate(self) -> None:
+        # One packed "every tile" row, broadcast on the device: packing the whole mask on the host took
+        # milliseconds per layer at 32k tokens, at the first step of every video.
         key = self.shape_key
-        keep_all = torch.ones(key.batch, key.heads, self.q_tiles, self.k_tiles, dtype=torch.bool)
-        bits = pack_keep_mask(keep_all).to(key.device)
-        self._buffers = torch.stack([bits, torch.zeros_like(bits)])
+        row = pack_keep_mask(torch.ones(self.k_tiles, dtype=torch.bool)).to(key.device)
+        self._buffers = torch.zeros(2, key.batch, key.heads, self.q_tiles, row.numel(), dtype=torch.int32,
+                                    device=key.device)
+        self._buffers[0] = row
         self.call_count = 0
 
     def _require_initialised(self) -> None:
