@@ -6,8 +6,8 @@ attention that reads the keep bits the call would write at that threshold, as th
 
 When the backend reports tile gaps (:func:`liteattn.functional.probe_tile_gaps`), the one full call that gives
 A also gives every candidate's keep bits, and B costs one call per bisection round
-(:meth:`liteattn.functional.TileGapProbe.lookahead`, prepared once per call: the rounds launch a few kernels
-each and read the errors once); the two endpoints share the first round's call. The full call is also the
+(:meth:`liteattn.functional.TileGapProbe.lookahead`, prepared once per call: a round launches a few kernels
+besides the attention, and the errors stay on the device); the two endpoints share the first round's call. The full call is also the
 call at the chosen thresholds: its output is A, and its written bits are the chosen thresholds' keep bits, so
 committing it costs no further call. Otherwise each candidate costs two calls (write the candidate's bits on
 a scratch copy of the state, then B; the first of them also gives A), and the call at the chosen thresholds
@@ -81,7 +81,7 @@ def calibrate_call(
 
 def _from_gaps(probe, state: SkipState, config: CalibConfig, commit: bool) -> CallResult:
     """A is ``probe.out``; a candidate's bits are read off the gaps, and every round of the bisection (the two
-    endpoints, then each halving) is one sampled call of the probe's lookahead and one read of the errors."""
+    endpoints, then each halving) is one sampled call of the probe's lookahead, measured on the device."""
     lookahead = probe.lookahead(sample_query_tiles(state.q_tiles, config.sample_query_tiles))
     meter = ErrorMeter(config.metric, lookahead.reference)
 

@@ -359,7 +359,8 @@ def _pending_bits(state, query, key) -> torch.Tensor | None:
 
 
 def _mean_float(values) -> float:
-    """Mean of per-call sparsities (0-d device tensors recorded without waiting, or floats): one host read."""
+    """Mean of per-call sparsities (0-d device tensors recorded without waiting, or floats), read on the host
+    only here: when a file is saved or a step's progress is shown."""
     return sum(float(v) for v in values) / len(values)
 
 
