@@ -8,10 +8,10 @@ When the backend reports tile gaps (:func:`liteattn.functional.probe_tile_gaps`)
 A also gives every candidate's keep bits, and B costs one call per bisection round
 (:meth:`liteattn.functional.TileGapProbe.lookahead`, prepared once per call: a round launches a few kernels
 besides the attention, and the errors stay on the device); the two endpoints share the first round's call.
-The full call is also the call at the chosen thresholds: its output is A, and its written bits are the chosen thresholds' keep bits, so
-committing it costs no further call. Otherwise each candidate costs two calls (write the candidate's bits on
-a scratch copy of the state, then B; the first of them also gives A), and the call at the chosen thresholds
-runs once more. Both ways produce the same bits.
+The full call is also the call at the chosen thresholds: its output is A, and its written bits are the
+chosen thresholds' keep bits, so committing it costs no further call. Otherwise each candidate costs two calls
+(write the candidate's bits on a scratch copy of the state, then B; the first of them also gives A), and the
+call at the chosen thresholds runs once more. Both ways produce the same bits.
 
 With ``CalibConfig.sample_query_tiles``, candidates are evaluated on the rows of a fixed, evenly spaced sample
 of query tiles only (:meth:`liteattn.SkipState.select_query_tiles`); A, its output and the state committed
