@@ -63,6 +63,8 @@ def bisect_thresholds(evaluate: Callable[[torch.Tensor], torch.Tensor], heads: i
     lo, hi = lower.clone(), upper.clone()
     k = config.candidates_per_round
     window = (1 - config.rel_tolerance) * target
+    if k == 1:
+        return _halvings(evaluate, config, lo, hi, done, chosen, chosen_err, evaluations, rounds)
     steps = (torch.arange(1, k + 1, dtype=torch.float32, device=device) / (k + 1)).unsqueeze(1)  # (k, 1)
     for _ in range(_rounds_to_resolution(config)):
         done = done | (hi - lo <= config.resolution)
@@ -70,15 +72,6 @@ def bisect_thresholds(evaluate: Callable[[torch.Tensor], torch.Tensor], heads: i
             break
         evaluations += k
         rounds += 1
-        if k == 1:  # a halving, in as few operations as the general round: each is a kernel launch on a GPU
-            mid = (lo + hi) * 0.5
-            err = evaluate(torch.where(done, chosen, mid).unsqueeze(0))[0].double()
-            ok = (err <= target) & ~done
-            hi = torch.where(ok | done, hi, mid)
-            lo, chosen = torch.where(ok, mid, lo), torch.where(ok, mid, chosen)
-            chosen_err = torch.where(ok, err, chosen_err)
-            done = done | (ok & (err >= window))
-            continue
         # Heads already done sit at their answer: one threshold tensor serves every head in the same call.
         points = lo + steps * (hi - lo)  # (k, H), ascending
         err = evaluate(torch.where(done, chosen, points)).double()
@@ -93,6 +86,31 @@ def bisect_thresholds(evaluate: Callable[[torch.Tensor], torch.Tensor], heads: i
         chosen = torch.where(moved, new_lo, chosen)
         chosen_err = torch.where(moved, lo_err, chosen_err)
         done = done | (moved & (lo_err >= window))
+    return BisectResult(chosen.cpu(), chosen_err.cpu(), evaluations, rounds)
+
+
+def _halvings(evaluate, config: CalibConfig, lo, hi, done, chosen, chosen_err, evaluations: int,
+              rounds: int) -> BisectResult:
+    """The rounds of one candidate, in as few operations as they allow (each is a kernel launch on a GPU).
+
+    An open head's low end is its answer so far, so only ``lo`` moves; the heads the endpoints settled keep
+    ``chosen``. A settled head's bracket is evaluated and ignored, and every open bracket halves each round,
+    so all of them reach the resolution together at the last round: no per-round width test is needed.
+    """
+    settled, target = done.clone(), config.target_error
+    window = (1 - config.rel_tolerance) * target
+    for _ in range(_rounds_to_resolution(config)):
+        if config.resolution == 0 and bool(done.all()):
+            break
+        evaluations += 1
+        rounds += 1
+        mid = (lo + hi) * 0.5
+        err = evaluate(mid.unsqueeze(0))[0].double()
+        ok = (err <= target) > done  # met the target, and still open
+        lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
+        chosen_err = torch.where(ok, err, chosen_err)
+        done = done | (ok & (err >= window))
+    chosen = torch.where(settled, chosen, lo)
     return BisectResult(chosen.cpu(), chosen_err.cpu(), evaluations, rounds)
 
 
