@@ -10,14 +10,21 @@ import liteattn
 from liteattn.functional import probe_tile_gaps, run_attention, tile_gaps_available
 from liteattn.testing import video_qkv
 
+RANGES = {"must_do_list": [40, 50], "must_skip_list": [150, 160]}
+
+
+def _ranged_state_after(calls_before):
+    """The synthetic inputs, their must-do / must-skip ranges, and a state that ran ``calls_before`` calls."""
+    q, k, v = video_qkv(frames=2, height=8, width=12, heads=3, head_dim=32, step=8, num_steps=10)
+    state = liteattn.SkipState(32, 32)
+    for _ in range(calls_before):
+        liteattn.lite_attention(q, k, v, state, threshold=-6.0, **RANGES)
+    return q, k, v, RANGES, state
+
 
 @pytest.mark.parametrize("calls_before", [0, 1])  # ascending and descending visits
 def test_keep_bits_from_gaps_equal_the_written_state(calls_before):
-    q, k, v = video_qkv(frames=2, height=8, width=12, heads=3, head_dim=32, step=8, num_steps=10)
-    ranges = {"must_do_list": [40, 50], "must_skip_list": [150, 160]}
-    state = liteattn.SkipState(32, 32)
-    for _ in range(calls_before):
-        liteattn.lite_attention(q, k, v, state, threshold=-6.0, **ranges)
+    q, k, v, ranges, state = _ranged_state_after(calls_before)
     before = state.read_bits.clone() if calls_before else None
     probe = probe_tile_gaps(q, k, v, state, **ranges)
     assert state.call_count == calls_before  # the probe reads the state and writes nothing
@@ -67,11 +74,7 @@ def test_backend_without_gaps_reports_none(monkeypatch):
 
 @pytest.mark.parametrize("calls_before", [0, 1, 2])
 def test_commit_advances_the_state_as_the_call_would(calls_before):
-    q, k, v = video_qkv(frames=2, height=8, width=12, heads=3, head_dim=32, step=8, num_steps=10)
-    ranges = {"must_do_list": [40, 50], "must_skip_list": [150, 160]}
-    state = liteattn.SkipState(32, 32)
-    for _ in range(calls_before):
-        liteattn.lite_attention(q, k, v, state, threshold=-6.0, **ranges)
+    q, k, v, ranges, state = _ranged_state_after(calls_before)
     threshold = torch.tensor([-9.0, -4.5, -1.0])
     ran = state.clone()
     out, lse, sparsity = run_attention(

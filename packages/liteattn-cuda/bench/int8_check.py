@@ -13,33 +13,13 @@ import argparse
 import json
 import math
 import os
-import statistics
 import time
 
 import torch
+from gpu_check import bench_ms  # this folder: the same CUDA-event timing as the kernel round
 
 from liteattn.tiles import default_tile_shape
 from liteattn_cuda import _ops
-
-
-def bench_ms(fn, iters=None, target_ms=1500.0):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    est = (time.perf_counter() - t0) * 1e3
-    iters = iters or int(min(100, max(5, target_ms / max(est, 1e-3))))
-    times = []
-    for _ in range(iters):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e))
-    return statistics.median(times), min(times)
 
 
 def main():
@@ -83,7 +63,7 @@ def main():
         row = {"shape": [B, H, S, D]}
         for name, fn in (("bf16" if dtype == torch.bfloat16 else "fp16", bf16), ("int8_kernel", int8_kernel),
                          ("quantize", quant), ("int8_e2e", int8_e2e)):
-            med, mn = bench_ms(fn)
+            med, mn, _ = bench_ms(fn)
             row[name] = {"ms": med, "min": mn, "tflops": flops / med / 1e9}
             print(f"  ({H},{S},{D}) {name:12s} {med:8.3f} ms (min {mn:.3f})  {flops / med / 1e9:7.1f} TF/s",
                   flush=True)

@@ -66,15 +66,23 @@ def test_parity(case):
     assert_lse_close(lse, gold_lse)
 
 
+def _skip_case(case, seed):
+    """Inputs of a skip-test case and a random keep mask (seed + 1) whose first row computes nothing:
+    ``(backend, q, k, v, keep (B, H, QT, KT) bool on the CPU, its packed bits on the GPU)``."""
+    B, Sq, Sk, H, Hkv, D, dtype, sparsity, reverse = case
+    backend, q, k, v = _backend_and_inputs(case, seed=seed)
+    bm, bn = default_tile_shape(D)
+    keep = random_keep_mask(B, H, -(-Sq // bm), -(-Sk // bn), sparsity, seed=seed + 1)
+    keep[0, 0, 0] = False
+    return backend, q, k, v, keep, pack_keep_mask(keep).cuda()
+
+
 @pytest.mark.parametrize("case", CASES[1:5], ids=lambda c: "-".join(str(x) for x in c))
 def test_skip_test_matches_reference(case):
     B, Sq, Sk, H, Hkv, D, dtype, sparsity, reverse = case
-    backend, q, k, v = _backend_and_inputs(case, seed=1)
+    backend, q, k, v, keep, bits = _skip_case(case, seed=1)
     bm, bn = default_tile_shape(D)
-    QT, KT = -(-Sq // bm), -(-Sk // bn)
-    keep = random_keep_mask(B, H, QT, KT, sparsity, seed=2)
-    keep[0, 0, 0] = False
-    bits = pack_keep_mask(keep).cuda()
+    KT = keep.shape[-1]
     thresholds = torch.linspace(-3.0, 0.5, H, device="cuda")
     ours = torch.full_like(bits, 0x5A5A5A5A)
     ref = torch.full_like(bits, 0x5A5A5A5A)
@@ -89,12 +97,9 @@ def test_skip_test_matches_reference(case):
 @pytest.mark.parametrize("case", CASES[1:5], ids=lambda c: "-".join(str(x) for x in c))
 def test_tile_gaps_match_reference_and_written_bits(case):
     B, Sq, Sk, H, Hkv, D, dtype, sparsity, reverse = case
-    backend, q, k, v = _backend_and_inputs(case, seed=2)
+    backend, q, k, v, keep, bits = _skip_case(case, seed=2)
     bm, bn = default_tile_shape(D)
-    QT, KT = -(-Sq // bm), -(-Sk // bn)
-    keep = random_keep_mask(B, H, QT, KT, sparsity, seed=3)
-    keep[0, 0, 0] = False
-    bits = pack_keep_mask(keep).cuda()
+    QT, KT = keep.shape[-2:]
     thresholds = torch.linspace(-4.0, 0.0, H, device="cuda")
     written = torch.full_like(bits, 0x5A5A5A5A)
     gaps = torch.full((B, H, QT, KT), 123.0, device="cuda")  # poisoned: every entry must be written

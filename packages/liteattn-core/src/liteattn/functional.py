@@ -147,10 +147,9 @@ def tile_gaps_available(query, key, value, state: SkipState | None, *, scale=Non
                         must_skip_list=must_skip_list, use_int8=use_int8, write=False)
     if prepared is None:
         return False
-    if state is not None:  # SkipState.prepare's tile shape: the requested one, else the head dim's default
-        default_m, default_n = default_tile_shape(query.shape[-1])
-        requested_m, requested_n = state._requested_blocks
-        prepared = (replace(prepared[0], block_m=requested_m or default_m, block_n=requested_n or default_n), None)
+    if state is not None:  # the tile shape SkipState.prepare would give the state
+        block_m, block_n = state.tile_shape(query.shape[-1])
+        prepared = (replace(prepared[0], block_m=block_m, block_n=block_n), None)
     return bool(select_backend(prepared[0], backend).capabilities().tile_gaps)
 
 

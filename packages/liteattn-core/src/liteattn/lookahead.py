@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .backend import AttentionCall
-from .skip_state import unpack_keep_mask
+from .skip_state import check_query_tiles, unpack_keep_mask
 from .tiles import num_tiles, tile_rows
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ class Lookahead:
         self.rows, self.reference = None, probe.out
         query = call.q
         if query_tiles is not None:
-            tiles = _checked_tiles(query_tiles, call.q_tiles)
+            tiles = check_query_tiles(query_tiles, call.q_tiles)
             self.rows = tile_rows(tiles, call.q_len, call.block_m, device=query.device)
             query, self.reference = query[:, self.rows], probe.out[:, self.rows]
             gaps = gaps[:, :, tiles.to(gaps.device)]
@@ -107,12 +107,3 @@ class Lookahead:
             self._calls[count] = call
         return call
 
-
-def _checked_tiles(tiles, q_tiles: int) -> torch.Tensor:
-    index = torch.as_tensor(tiles).flatten()
-    if index.dtype.is_floating_point or index.dtype == torch.bool:
-        raise ValueError(f"query tiles must be integer indices; got dtype {index.dtype}")
-    index = index.to(device="cpu", dtype=torch.int64)
-    if index.numel() == 0 or index[0] < 0 or index[-1] >= q_tiles or (index.diff() <= 0).any():
-        raise ValueError(f"query tiles must be strictly increasing indices in [0, {q_tiles}); got {index.tolist()}")
-    return index

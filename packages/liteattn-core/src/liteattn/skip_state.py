@@ -30,7 +30,7 @@ import torch
 
 from .tiles import default_tile_shape, num_tiles, tile_rows
 
-__all__ = ["SkipState", "ShapeKey", "pack_keep_mask", "unpack_keep_mask"]
+__all__ = ["SkipState", "ShapeKey", "check_query_tiles", "pack_keep_mask", "unpack_keep_mask"]
 
 _BIT_WEIGHTS = torch.tensor([1 << i for i in range(31)] + [-(1 << 31)], dtype=torch.int64)
 
@@ -50,6 +50,18 @@ def unpack_keep_mask(bits: torch.Tensor, num_k_tiles: int) -> torch.Tensor:
     shifts = torch.arange(32, device=bits.device, dtype=torch.int32)
     unpacked = (bits.unsqueeze(-1) >> shifts) & 1
     return unpacked.flatten(-2)[..., :num_k_tiles].bool()
+
+
+def check_query_tiles(tiles, q_tiles: int) -> torch.Tensor:
+    """``tiles`` as int64 indices on the CPU, checked to be strictly increasing query tiles in [0, q_tiles)."""
+    index = torch.as_tensor(tiles).flatten()
+    if index.dtype.is_floating_point or index.dtype == torch.bool:
+        raise ValueError(f"query tiles must be integer indices; got dtype {index.dtype}")
+    index = index.to(device="cpu", dtype=torch.int64)
+    if index.numel() == 0 or index[0] < 0 or index[-1] >= q_tiles or (index.diff() <= 0).any():
+        raise ValueError(f"query tiles must be strictly increasing indices in [0, {q_tiles}); "
+                         f"got {index.tolist()}")
+    return index
 
 
 @dataclass(frozen=True)
@@ -132,11 +144,15 @@ class SkipState:
             warnings.warn(f"liteattn: input shape changed from ({self.shape_key}) to ({key}); the skip state "
                           f"is reset to compute every tile", stacklevel=3)
             self._warned_reset = True
-        default_m, default_n = default_tile_shape(key.head_dim)
-        self.block_m = self._requested_blocks[0] or default_m
-        self.block_n = self._requested_blocks[1] or default_n
+        self.block_m, self.block_n = self.tile_shape(key.head_dim)
         self.shape_key = key
         self._allocate()
+
+    def tile_shape(self, head_dim: int) -> tuple[int, int]:
+        """The (block_m, block_n) this state takes for calls of ``head_dim``: the requested sizes, else the
+        head dim's defaults."""
+        default_m, default_n = default_tile_shape(head_dim)
+        return self._requested_blocks[0] or default_m, self._requested_blocks[1] or default_n
 
     def advance(self, always_keep: torch.Tensor | None = None) -> None:
         """Finish a call: tiles in ``always_keep`` (packed words, broadcastable) join what the backend wrote,
@@ -177,14 +193,7 @@ class SkipState:
         return tile_rows(index, self.shape_key.q_len, self.block_m, device=self.shape_key.device)
 
     def _check_query_tiles(self, tiles) -> torch.Tensor:
-        index = torch.as_tensor(tiles).flatten()
-        if index.dtype.is_floating_point or index.dtype == torch.bool:
-            raise ValueError(f"query tiles must be integer indices; got dtype {index.dtype}")
-        index = index.to(device="cpu", dtype=torch.int64)
-        if index.numel() == 0 or index[0] < 0 or index[-1] >= self.q_tiles or (index.diff() <= 0).any():
-            raise ValueError(f"query tiles must be strictly increasing indices in [0, {self.q_tiles}); "
-                             f"got {index.tolist()}")
-        return index
+        return check_query_tiles(tiles, self.q_tiles)
 
     def reset(self) -> None:
         """Back to "compute every tile" on the next call (geometry and shape are kept)."""
