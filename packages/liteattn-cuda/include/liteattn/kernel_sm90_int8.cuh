@@ -1,9 +1,9 @@
-// The sm90 INT8 Q/K kernel: the 16-bit kernel's roles (producer_load, epilogue_store reused as they are) with
-// int8 Q/K tiles, a K pipeline armed with the int8 tile's byte count, and consumer_mainloop_int8.
+// The sm90 INT8 Q/K kernel: the 16-bit kernel's roles (producer_load, consumer_mainloop, epilogue_store) with
+// int8 Q/K tiles, a K pipeline armed with the int8 tile's byte count, and the scores dequantised per tile pair.
 #pragma once
 
 #include "kernel_traits_int8.cuh"
-#include "mainloop_mma_int8.cuh"
+#include "mainloop_mma.cuh"
 #include "work_loop.cuh"
 
 namespace liteattn {
@@ -62,8 +62,9 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
                                params.k_scale +
                                (int64_t(work.batch) * (params.num_heads / params.head_ratio) + head_kv) *
                                    params.num_k_tiles;
-                           consumer_mainloop_int8<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx,
-                                                          q_scale, k_scale_row, tOrO, softmax, skip, state, q_round);
+                           consumer_mainloop<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO,
+                                                     softmax, skip, state, q_round,
+                                                     Int8ScoreScale{q_scale, k_scale_row});
                          });
 }
 

@@ -2,6 +2,8 @@
 // the online softmax in registers, and O += P V (wgmma, P from registers).
 #pragma once
 
+#include <type_traits>
+
 #include "kernel_traits.cuh"
 #include "softmax.cuh"
 #include "tile_scheduler.cuh"
@@ -97,16 +99,49 @@ CUTE_DEVICE void release_q(SharedStorage& shared) {
   shared.barrier_q_empty.arrive();
 }
 
+// 16-bit Q/K: the QK^T accumulator holds the scores themselves.
+struct ExactScores {
+  CUTE_DEVICE float factor(int) const { return 1.f; }
+};
+
+// INT8 Q/K: the s32 accumulator times q_scale(query tile) * k_scale(key tile) gives the scores.
+struct Int8ScoreScale {
+  float q_scale;
+  float const* k_scale_row;  // this (b, kv head)'s k_scale, one per key tile
+  CUTE_DEVICE float factor(int n) const { return q_scale * __ldg(k_scale_row + n); }
+};
+
+// s32 accumulator -> fp32 scores times the tile's dequantisation factor. |acc| <= 127^2 * D < 2^24 for D <= 1024,
+// so the conversion is exact (I2FP, a plain ALU op) and the only rounding is the one multiply.
+template <class TensorI, class TensorF>
+CUTE_DEVICE void dequantize_scores(TensorI const& acc, TensorF& scores, float factor) {
+  CUTE_UNROLL
+  for (int i = 0; i < size(acc); ++i) scores(i) = __int2float_rn(acc(i)) * factor;
+}
+
+// The registers the softmax reads: the fp32 accumulator itself, or (s32 accumulator) an fp32 copy with its
+// register layout, which a 64xN wgmma shares between the two.
+template <class TensorAcc>
+CUTE_DEVICE decltype(auto) score_registers(TensorAcc& acc) {
+  if constexpr (std::is_same_v<typename TensorAcc::value_type, float>) {
+    return (acc);
+  } else {
+    return make_tensor<float>(acc.layout());
+  }
+}
+
 // The key loop of one work tile (at least one kept key tile); leaves the unnormalised O in tOrO. Each consumer
 // warpgroup waits for every wgmma before using its result: the two warpgroups overlap each other's softmax with
 // their GEMMs. (Software-pipelined loops that issue a warpgroup's two GEMMs back to back measured 7-22% slower on
 // an H100, bench/NOTES-cuda.md v2/v3/v7.) `state` is the K/V ring position carried across work tiles; `q_round`
-// the number of Q loads before this tile's.
-template <class Traits, class Params, class TensorO, class SkipWriter>
+// the number of Q loads before this tile's. With INT8 Q/K (Traits::TiledMmaQK accumulates s32), `scale` gives
+// each tile's dequantisation factor and the softmax, skip test and PV run on the dequantised scores unchanged.
+template <class Traits, class Params, class TensorO, class SkipWriter, class ScoreScale = ExactScores>
 CUTE_DEVICE void consumer_mainloop(Params const& params, typename Traits::SharedStorage& shared,
                                    typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
                                    KeptTileIterator tiles, int thread_idx, TensorO& tOrO, OnlineSoftmax& softmax,
-                                   SkipWriter const& skip, typename Traits::PipelineState& state, int q_round) {
+                                   SkipWriter const& skip, typename Traits::PipelineState& state, int q_round,
+                                   ScoreScale const& scale = {}) {
   using Element = typename Traits::Element;
   constexpr int kBlockN = Traits::kBlockN;
   Tensor sQ = make_tensor(make_smem_ptr(shared.smem_q.data()), typename Traits::SmemLayoutQ{});    // (BM, D)
@@ -120,8 +155,10 @@ CUTE_DEVICE void consumer_mainloop(Params const& params, typename Traits::Shared
   Tensor tSrQ = thr_qk.partition_fragment_A(sQ);   // (MMA, MMA_M, MMA_K) smem descriptors
   Tensor tSrK = thr_qk.partition_fragment_B(sK);   // (MMA, MMA_N, MMA_K, stage)
   Tensor tOrV = thr_pv.partition_fragment_B(sVt);  // (MMA, MMA_N, MMA_K, stage)
-  Tensor tSrS = partition_fragment_C(mma_qk, select<0, 1>(typename Traits::TileShapeMNK{}));  // (MMA, MMA_M, MMA_N)
-  CUTE_STATIC_ASSERT_V(size<1>(tSrS) == _1{} && size<2>(tSrS) == _1{});
+  Tensor tSrAcc = partition_fragment_C(mma_qk, select<0, 1>(typename Traits::TileShapeMNK{}));  // (MMA, MMA_M, MMA_N)
+  CUTE_STATIC_ASSERT_V(size<1>(tSrAcc) == _1{} && size<2>(tSrAcc) == _1{});
+  constexpr bool kDequantize = !std::is_same_v<typename decltype(tSrAcc)::value_type, float>;
+  auto&& tSrS = score_registers(tSrAcc);
 
   int const lane = thread_idx % 32;
   int const partial_tile = params.seqlen_k % kBlockN == 0 ? -1 : params.num_k_tiles - 1;
@@ -132,13 +169,16 @@ CUTE_DEVICE void consumer_mainloop(Params const& params, typename Traits::Shared
   shared.barrier_q.wait(q_round & 1);
 
   for (int n = tiles.next(); n >= 0; n = tiles.next()) {
+    float const factor = scale.factor(n);  // INT8: issued before the waits, used after
     // Wait for K[stage] (full barrier), S = Q K^T, then release K[stage] to the producer (empty barrier).
     turn.wait_turn();
     pipeline_k.consumer_wait(state);
-    wgmma_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_qk, tSrQ, tSrK(_, _, _, state.index()), tSrS);
+    wgmma_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_qk, tSrQ, tSrK(_, _, _, state.index()), tSrAcc);
     turn.pass_turn();
     warpgroup_wait<0>();
     pipeline_k.consumer_release(state);
+
+    if constexpr (kDequantize) dequantize_scores(tSrAcc, tSrS, factor);
 
     if (n == partial_tile) {  // a branch is free here (no wgmma in flight); the mask costs ~2 ALU ops per score
       mask_partial_tile<kBlockN>(tSrS, n, partial_tile, params.seqlen_k, lane);
