@@ -20,6 +20,11 @@
 #ifndef LITEATTN_STAGES_D64
 #define LITEATTN_STAGES_D64 4
 #endif
+// Consumer loop schedule: 0 runs each tile's S, softmax and PV in turn; 1 issues S(n) with PV(previous tile) and
+// hides the softmax under that PV (consumer_mainloop_overlap), the producer loading K one tile ahead of V.
+#ifndef LITEATTN_OVERLAP
+#define LITEATTN_OVERLAP 0
+#endif
 
 namespace liteattn {
 
@@ -103,6 +108,13 @@ struct KernelTraits {
   static constexpr int kSmemBytes = sizeof(SharedStorage);
   static_assert(kSmemBytes <= 227 * 1024, "shared storage exceeds the 227 KB an sm90 CTA may use");
 };
+
+// Whether an instantiation runs the overlapped consumer loop: at head dim 256 its extra live registers (P beside
+// S, O being 128 per thread) spill, so that head dim keeps the serial loop.
+template <class Traits>
+constexpr bool overlapped_loop() {
+  return LITEATTN_OVERLAP && Traits::kHeadDim <= 128;
+}
 
 // Stages per head dim: as many K/V stages as fit next to the Q tile in 227 KB.
 template <int kHeadDim> struct DefaultGeometry;

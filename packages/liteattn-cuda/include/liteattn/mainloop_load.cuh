@@ -41,12 +41,35 @@ CUTE_DEVICE bool producer_load(Params const& params, typename Traits::SharedStor
 
   // K/V ring: producer_acquire waits until both consumer warpgroups released the stage (empty barrier),
   // then arms the full barrier with the stage's byte count; consumers wait on the full barrier.
-  for (int n = tiles.next(); n >= 0; n = tiles.next()) {
-    pipeline_k.producer_acquire(state);
-    copy(params.tma_k.with(*pipeline_k.producer_get_barrier(state), 0), tKgK(_, n), tKsK(_, state.index()));
-    pipeline_v.producer_acquire(state);
-    copy(params.tma_v.with(*pipeline_v.producer_get_barrier(state), 0), tVgV(_, n), tVsV(_, state.index()));
-    ++state;
+  auto load_k = [&, &tKgK = tKgK, &tKsK = tKsK](int n, PipelineState const& at) {  // C++17: bindings by init-capture
+    pipeline_k.producer_acquire(at);
+    copy(params.tma_k.with(*pipeline_k.producer_get_barrier(at), 0), tKgK(_, n), tKsK(_, at.index()));
+  };
+  auto load_v = [&, &tVgV = tVgV, &tVsV = tVsV](int n, PipelineState const& at) {
+    pipeline_v.producer_acquire(at);
+    copy(params.tma_v.with(*pipeline_v.producer_get_barrier(at), 0), tVgV(_, n), tVsV(_, at.index()));
+  };
+  if constexpr (overlapped_loop<Traits>()) {
+    // The consumers issue S(n) with PV(previous kept tile): load in that order, K one kept tile ahead of V, so
+    // that a K load never queues behind a V stage the consumers release only at the end of an iteration.
+    auto state_v = state;
+    int prev = -1;
+    for (int n = tiles.next(); n >= 0; n = tiles.next()) {
+      load_k(n, state);
+      ++state;
+      if (prev >= 0) {
+        load_v(prev, state_v);
+        ++state_v;
+      }
+      prev = n;
+    }
+    load_v(prev, state_v);  // at least one kept tile: prev >= 0; both positions now agree again
+  } else {
+    for (int n = tiles.next(); n >= 0; n = tiles.next()) {
+      load_k(n, state);
+      load_v(n, state);
+      ++state;
+    }
   }
   return true;
 }

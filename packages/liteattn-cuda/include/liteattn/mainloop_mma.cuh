@@ -37,14 +37,23 @@ CUTE_HOST_DEVICE constexpr auto acc_layout_as_a_operand(Layout const& acc) {
                      coalesce(make_layout(get<2, 1>(l), get<2>(acc))));
 }
 
-template <class To, class Engine, class Layout>
-CUTE_DEVICE auto convert_fragment(Tensor<Engine, Layout> const& src) {
-  using From = typename Engine::value_type;
+// Converts a register fragment into `dst` (same size) with packed cvt.rn.{bf16x2,f16x2}.f32, whole registers at a
+// time: an element-wise copy of 16-bit values would add byte permutes.
+template <class SrcEngine, class SrcLayout, class DstEngine, class DstLayout>
+CUTE_DEVICE void convert_fragment_into(Tensor<SrcEngine, SrcLayout> const& src, Tensor<DstEngine, DstLayout>& dst) {
+  using From = typename SrcEngine::value_type;
+  using To = typename DstEngine::value_type;
   constexpr int N = decltype(size(src))::value;
-  Tensor dst = make_tensor<To>(src.layout());
-  cutlass::NumericArrayConverter<To, From, N> convert;  // packed cvt.rn.{bf16x2,f16x2}.f32
+  static_assert(N == decltype(size(dst))::value);
+  cutlass::NumericArrayConverter<To, From, N> convert;
   *reinterpret_cast<cutlass::Array<To, N>*>(dst.data()) =
       convert(*reinterpret_cast<cutlass::Array<From, N> const*>(src.data()));
+}
+
+template <class To, class Engine, class Layout>
+CUTE_DEVICE auto convert_fragment(Tensor<Engine, Layout> const& src) {
+  Tensor dst = make_tensor<To>(src.layout());
+  convert_fragment_into(src, dst);
   return dst;
 }
 
@@ -136,12 +145,12 @@ CUTE_DEVICE decltype(auto) score_registers(TensorAcc& acc) {
 // an H100, bench/NOTES-cuda.md v2/v3/v7.) `state` is the K/V ring position carried across work tiles; `q_round`
 // the number of Q loads before this tile's. With INT8 Q/K (Traits::TiledMmaQK accumulates s32), `scale` gives
 // each tile's dequantisation factor and the softmax, skip test and PV run on the dequantised scores unchanged.
-template <class Traits, class Params, class TensorO, class SkipWriter, class ScoreScale = ExactScores>
-CUTE_DEVICE void consumer_mainloop(Params const& params, typename Traits::SharedStorage& shared,
-                                   typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
-                                   KeptTileIterator tiles, int thread_idx, TensorO& tOrO, OnlineSoftmax& softmax,
-                                   SkipWriter const& skip, typename Traits::PipelineState& state, int q_round,
-                                   ScoreScale const& scale = {}) {
+template <class Traits, class Params, class TensorO, class SkipWriter, class ScoreScale>
+CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits::SharedStorage& shared,
+                                          typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
+                                          KeptTileIterator tiles, int thread_idx, TensorO& tOrO,
+                                          OnlineSoftmax& softmax, SkipWriter const& skip,
+                                          typename Traits::PipelineState& state, int q_round, ScoreScale const& scale) {
   using Element = typename Traits::Element;
   constexpr int kBlockN = Traits::kBlockN;
   Tensor sQ = make_tensor(make_smem_ptr(shared.smem_q.data()), typename Traits::SmemLayoutQ{});    // (BM, D)
@@ -201,6 +210,138 @@ CUTE_DEVICE void consumer_mainloop(Params const& params, typename Traits::Shared
   }
   release_q(shared);
   turn.finish();
+}
+
+
+// The key loop software-pipelined inside each warpgroup: S(n) = Q K(n)^T is issued together with
+// O += P(p) V(p) for the previous kept tile p, and the softmax of S(n) runs while that PV wgmma does, so a
+// warpgroup keeps the tensor cores busy through its own softmax. The producer loads K one tile ahead of V to
+// match (producer_load). Between a wgmma issue and its wait the code is straight-line: at any branch merge point
+// with a wgmma in flight the compiler waits for every outstanding batch, so the tail mask is chosen per
+// iteration (two copies of the body) and the warp vote runs after the PV wait.
+template <class Traits, class Params, class TensorO, class SkipWriter, class ScoreScale>
+CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits::SharedStorage& shared,
+                                           typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
+                                           KeptTileIterator tiles, int thread_idx, TensorO& tOrO,
+                                           OnlineSoftmax& softmax, SkipWriter const& skip,
+                                           typename Traits::PipelineState& state, int q_round, ScoreScale const& scale) {
+  using Element = typename Traits::Element;
+  constexpr int kBlockN = Traits::kBlockN;
+  Tensor sQ = make_tensor(make_smem_ptr(shared.smem_q.data()), typename Traits::SmemLayoutQ{});    // (BM, D)
+  Tensor sK = make_tensor(make_smem_ptr(shared.smem_k.data()), typename Traits::SmemLayoutK{});    // (BN, D, stage)
+  Tensor sVt = make_tensor(make_smem_ptr(shared.smem_v.data()), typename Traits::SmemLayoutVt{});  // (D, BN, stage)
+
+  typename Traits::TiledMmaQK mma_qk;
+  typename Traits::TiledMmaPV mma_pv;
+  auto thr_qk = mma_qk.get_thread_slice(thread_idx);
+  auto thr_pv = mma_pv.get_thread_slice(thread_idx);
+  Tensor tSrQ = thr_qk.partition_fragment_A(sQ);   // (MMA, MMA_M, MMA_K) smem descriptors
+  Tensor tSrK = thr_qk.partition_fragment_B(sK);   // (MMA, MMA_N, MMA_K, stage)
+  Tensor tOrV = thr_pv.partition_fragment_B(sVt);  // (MMA, MMA_N, MMA_K, stage)
+  Tensor tSrAcc = partition_fragment_C(mma_qk, select<0, 1>(typename Traits::TileShapeMNK{}));  // (MMA, MMA_M, MMA_N)
+  CUTE_STATIC_ASSERT_V(size<1>(tSrAcc) == _1{} && size<2>(tSrAcc) == _1{});
+  constexpr bool kDequantize = !std::is_same_v<typename decltype(tSrAcc)::value_type, float>;
+  auto&& tSrS = score_registers(tSrAcc);
+  Tensor rP = make_tensor<Element>(tSrS.layout());                              // (MMA, MMA_M, MMA_N)
+  Tensor tOrP = make_tensor(rP.data(), acc_layout_as_a_operand(rP.layout()));  // (MMA, MMA_M, MMA_K)
+
+  // The compiler sinks exp2's below wgmma.wait_group when nothing reads them earlier; a shared store of the row
+  // sums (which depend on every exp2) cannot cross the wait, so the softmax stays under the PV wgmma.
+  __shared__ float row_sum_sink[Traits::kNumMmaThreads * 2];
+  uint32_t const sink_addr = cute::cast_smem_ptr_to_uint(&row_sum_sink[thread_idx * 2]);
+
+  int const lane = thread_idx % 32;
+  int const partial_tile = params.seqlen_k % kBlockN == 0 ? -1 : params.num_k_tiles - 1;
+  PingPong<Traits::kNumMmaWarpgroups> turn{thread_idx / 128};
+  turn.start();
+  shared.barrier_q.wait(q_round & 1);
+
+  // First kept tile: S alone (nothing to overlap it with); a branch is free while no wgmma is in flight.
+  int n = tiles.next();
+  float correction[2];
+  {
+    float const factor = scale.factor(n);
+    turn.wait_turn();
+    pipeline_k.consumer_wait(state);
+    wgmma_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_qk, tSrQ, tSrK(_, _, _, state.index()), tSrAcc);
+    turn.pass_turn();
+    warpgroup_wait<0>();
+    pipeline_k.consumer_release(state);
+    if constexpr (kDequantize) dequantize_scores(tSrAcc, tSrS, factor);
+    if (n == partial_tile) mask_partial_tile<kBlockN>(tSrS, n, partial_tile, params.seqlen_k, lane);
+    softmax.step(tSrS, correction);  // O is still zero: its rescale waits for the next iteration like any other
+    skip.vote(n, softmax, lane);
+    skip.record_gap(n, softmax, lane);
+    convert_fragment_into(tSrS, rP);
+  }
+  auto state_v = state;  // V runs one kept tile behind K
+  ++state;
+
+  auto iteration = [&](int n, auto masked) {
+    float const factor = scale.factor(n);
+    turn.wait_turn();
+    // Both waits before the first wgmma: a wait loop between the two batches is a branch with S in flight.
+    pipeline_k.consumer_wait(state);
+    pipeline_v.consumer_wait(state_v);
+    wgmma_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_qk, tSrQ, tSrK(_, _, _, state.index()), tSrAcc);
+    CUTE_UNROLL
+    for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= correction[acc_row(i)];  // the previous tile's max shift
+    wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), tOrO);
+    turn.pass_turn();
+    warpgroup_wait<1>();  // S(n) landed; PV(p) may still run
+    pipeline_k.consumer_release(state);
+    if constexpr (kDequantize) dequantize_scores(tSrAcc, tSrS, factor);
+    if constexpr (decltype(masked)::value) mask_partial_tile<kBlockN>(tSrS, n, n, params.seqlen_k, lane);
+    softmax.step(tSrS, correction);
+    bool const needs = skip.row_needs(softmax);
+    asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(sink_addr), "f"(softmax.row_sum[0]),
+                 "f"(softmax.row_sum[1]) : "memory");
+    warpgroup_wait<0>();  // PV(p) done: O and the P registers are free again
+    pipeline_v.consumer_release(state_v);
+    skip.commit(n, needs, lane);
+    skip.record_gap(n, softmax, lane);
+    convert_fragment_into(tSrS, rP);
+    ++state_v;
+    ++state;
+  };
+  for (n = tiles.next(); n >= 0; n = tiles.next()) {
+    if (n == partial_tile) {
+      iteration(n, cute::true_type{});
+    } else {
+      iteration(n, cute::false_type{});
+    }
+  }
+
+  // The last kept tile's PV.
+  turn.wait_turn();
+  pipeline_v.consumer_wait(state_v);
+  CUTE_UNROLL
+  for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= correction[acc_row(i)];
+  wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), tOrO);
+  turn.pass_turn();
+  warpgroup_wait<0>();
+  pipeline_v.consumer_release(state_v);
+  release_q(shared);
+  turn.finish();
+}
+
+// The consumers' key loop of one work tile (at least one kept key tile); leaves the unnormalised O in tOrO.
+// `state` is the K/V ring position carried across work tiles; `q_round` the number of Q loads before this tile's.
+// With INT8 Q/K (Traits::TiledMmaQK accumulates s32), `scale` gives each tile's dequantisation factor and the
+// softmax, skip test and PV run on the dequantised scores unchanged.
+template <class Traits, class Params, class TensorO, class SkipWriter, class ScoreScale = ExactScores>
+CUTE_DEVICE void consumer_mainloop(Params const& params, typename Traits::SharedStorage& shared,
+                                   typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
+                                   KeptTileIterator tiles, int thread_idx, TensorO& tOrO, OnlineSoftmax& softmax,
+                                   SkipWriter const& skip, typename Traits::PipelineState& state, int q_round,
+                                   ScoreScale const& scale = {}) {
+  if constexpr (overlapped_loop<Traits>()) {
+    consumer_mainloop_overlap<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO, softmax, skip,
+                                      state, q_round, scale);
+  } else {
+    consumer_mainloop_serial<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO, softmax, skip,
+                                     state, q_round, scale);
+  }
 }
 
 }  // namespace liteattn

@@ -44,6 +44,12 @@ struct SkipTestWriter {
   // the softmax; the warp vote (commit) can wait until the next wgmma's are issued, off the serial path.
   CUTE_DEVICE bool needs(OnlineSoftmax const& softmax) const {
     if (!enabled()) return false;
+    return row_needs(softmax);
+  }
+
+  // The same without the enabled() test: branch-free, for code that must not branch while a wgmma is in flight
+  // (commit ignores the answer when the skip test is off).
+  CUTE_DEVICE bool row_needs(OnlineSoftmax const& softmax) const {
     bool needs = false;
     CUTE_UNROLL
     for (int r = 0; r < 2; ++r) needs |= row_valid[r] && gap(softmax, r) > threshold_log2;
