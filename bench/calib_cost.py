@@ -8,13 +8,17 @@ every step) for ``--steps`` denoising steps under a ``LiteAttentionRegistry``:
 * ``calib``: mode ``calib`` at ``--target`` (the other calibration settings at their defaults);
 * ``load``: mode ``load`` of the file the calibration wrote (the calibrated thresholds, no bisection).
 
-Every mode runs once as a warm-up (kernel compilation, autotuning), then once timed: wall clock around the
-whole run, CUDA-synchronised. The backend's forward is counted, so the table also shows the attention calls
-per (layer, step) and, for the calibration, the mean bisection evaluations (candidates: a sampled call that
-carries C candidates as C x heads counts C). Prints a table; ``--json`` also
-writes it with the device name, the torch / triton versions and the date. On an H100::
+Every mode runs once as a warm-up (kernel compilation, autotuning, and on CUDA the capture of the bisection
+rounds' graphs, which the timed run re-uses), then once timed: wall clock around the whole run,
+CUDA-synchronised. The backend's forward is counted, so the table also shows the attention calls per (layer,
+step) that the host launched (a replayed graph's calls are not seen), and, for the calibration, the mean
+bisection evaluations and rounds per (layer, step), read off each calibrated call's result. ``extra ms/round``
+is (calib - load) over the rounds run: what a bisection round costs, host or GPU, whichever bounds it.
+``--no-cuda-graph`` runs the rounds eagerly (``CalibConfig.cuda_graph=False``), to compare. Prints a table;
+``--json`` also writes it with the device name, the torch / triton versions and the date. On an H100::
 
-    python bench/calib_cost.py --backend triton --json bench/results/calib-cost-h100.json
+    python bench/calib_cost.py --backend cuda --json bench/results/calib-cost-h100.json
+    python bench/calib_cost.py --backend cuda --no-cuda-graph --json bench/results/calib-cost-h100-eager.json
 
 Without CUDA it runs the reference backend at a tiny size (a smoke check).
 """
@@ -33,8 +37,10 @@ from pathlib import Path
 import torch
 
 import liteattn
+import liteattn_calib.registry
 from liteattn.testing import video_qkv
 from liteattn_calib import LiteAttentionRegistry
+from liteattn_calib.graphs import shared_round_graphs
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 MODES = ("normal", "calib", "load")
@@ -58,6 +64,30 @@ class CallCounter:
         vars(self.backend).pop("forward", None)
 
 
+class CalibCounter:
+    """Wraps the registry's ``calibrate_call``: the bisection evaluations and rounds of every calibrated call,
+    which a counter of backend calls cannot see once the rounds replay as a CUDA graph."""
+
+    def __init__(self):
+        self.evaluations, self.rounds = [], []
+        self.original = liteattn_calib.registry.calibrate_call
+
+        def counted(*args, **kwargs):
+            result = self.original(*args, **kwargs)
+            self.evaluations.append(result.evaluations)
+            self.rounds.append(result.rounds)
+            return result
+
+        liteattn_calib.registry.calibrate_call = counted
+
+    def clear(self) -> None:
+        self.evaluations.clear()
+        self.rounds.clear()
+
+    def remove(self) -> None:
+        liteattn_calib.registry.calibrate_call = self.original
+
+
 def make_inputs(args, device) -> list[tuple[torch.Tensor, ...]]:
     """One (q, k, v) per step, built before any timing."""
     return [
@@ -76,7 +106,8 @@ def make_inputs(args, device) -> list[tuple[torch.Tensor, ...]]:
     ]
 
 
-def run_mode(mode: str, layers: dict, inputs, scales, args, counter: CallCounter, path: Path) -> dict:
+def run_mode(mode: str, layers: dict, inputs, scales, args, counter: CallCounter, calibs: CalibCounter,
+             path: Path) -> dict:
     for module in layers.values():
         module.reset_skip_state()
     registry = LiteAttentionRegistry(
@@ -85,11 +116,12 @@ def run_mode(mode: str, layers: dict, inputs, scales, args, counter: CallCounter
         threshold=args.threshold if mode == "normal" else None,
         filename=path if mode == "load" else None,
         calib_config={"target_error": args.target, "progress": False, "sample_query_tiles": args.sample_query_tiles,
-                      "candidates_per_round": args.candidates_per_round,
+                      "candidates_per_round": args.candidates_per_round, "cuda_graph": not args.no_cuda_graph,
                       **({} if args.resolution is None else {"resolution": args.resolution})},
     )
     counter.q_lens.clear()
     counter.heads.clear()
+    calibs.clear()
     _sync()
     start = time.perf_counter()
     with torch.no_grad():
@@ -105,7 +137,7 @@ def run_mode(mode: str, layers: dict, inputs, scales, args, counter: CallCounter
     registry.remove()
     layer_steps = len(layers) * len(inputs)
     full = sum(1 for n in counter.q_lens if n == inputs[0][0].shape[1])
-    return {
+    row = {
         "mode": mode,
         "seconds": seconds,
         "mean_sparsity": sum(s for _, s in means.values()) / len(means),
@@ -115,6 +147,11 @@ def run_mode(mode: str, layers: dict, inputs, scales, args, counter: CallCounter
         "calls": len(counter.q_lens) / layer_steps,
         "head_calls": sum(counter.heads) / args.heads / layer_steps,  # C candidates in one call count C
     }
+    if mode == "calib":
+        row["mean_iterations"] = sum(calibs.evaluations) / layer_steps  # candidates per (layer, step)
+        row["mean_rounds"] = sum(calibs.rounds) / layer_steps
+        row["total_rounds"] = sum(calibs.rounds)
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-query-tiles", type=_sample, default=16, help="an int, or 'all'")
     parser.add_argument("--candidates-per-round", type=int, default=1, help="CalibConfig.candidates_per_round")
     parser.add_argument("--resolution", type=float, default=None, help="CalibConfig.resolution (default: its own)")
+    parser.add_argument("--no-cuda-graph", action="store_true",
+                        help="run the bisection rounds eagerly (CalibConfig.cuda_graph=False) instead of as a "
+                        "captured CUDA graph")
     parser.add_argument("--json", default=None, help="write the results here too")
     args = parser.parse_args(argv)
 
@@ -174,23 +214,32 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     inputs = make_inputs(args, device)
-    counter = CallCounter(backend)
-    rows = {}
+    counter, calibs = CallCounter(backend), CalibCounter()
+    graphs = shared_round_graphs()
+    graphs.clear()
+    rows, warm_up = {}, {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "calib.toml"
             for mode in MODES:  # warm-up (load reads the file that calib writes)
-                run_mode(mode, layers, inputs, scales, args, counter, path)
+                warm_up[mode] = run_mode(mode, layers, inputs, scales, args, counter, calibs, path)
+            captures = graphs.captures
             for mode in MODES:
-                rows[mode] = run_mode(mode, layers, inputs, scales, args, counter, path)
+                rows[mode] = run_mode(mode, layers, inputs, scales, args, counter, calibs, path)
     finally:
         counter.remove()
+        calibs.remove()
     calib = rows["calib"]
-    calib["mean_iterations"] = (calib["head_calls"] - 1) / (1 if tile_gaps else 2)  # candidates per (layer, step)
     for row in rows.values():
         row["ratio"] = row["seconds"] / rows["normal"]["seconds"]
+    calib["extra_ms_per_round"] = 1e3 * (calib["seconds"] - rows["load"]["seconds"]) / max(calib["total_rounds"], 1)
+    calib["graph_captures"], calib["graph_replays"] = captures, graphs.replays
     print(_table(rows))
-    print(f"calib / load = {calib['seconds'] / rows['load']['seconds']:.2f}")
+    print(f"calib / load = {calib['seconds'] / rows['load']['seconds']:.2f}; extra ms/round = "
+          f"{calib['extra_ms_per_round']:.3f} over {calib['total_rounds']} rounds")
+    print(f"bisection rounds: {'eager' if args.no_cuda_graph else 'CUDA graph (eager off CUDA)'}; graphs captured "
+          f"in the warm-up: {captures}, replays: {graphs.replays}; warm-up calib run (compilation and captures "
+          f"included): {warm_up['calib']['seconds']:.3f} s")
     if args.json:
         meta = {
             "date": str(datetime.date.today()),
@@ -213,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             "sample_query_tiles": args.sample_query_tiles,
             "candidates_per_round": args.candidates_per_round,
             "resolution": args.resolution,
+            "cuda_graph": not args.no_cuda_graph,
         }
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "rows": list(rows.values())}, f, indent=1)
@@ -222,14 +272,15 @@ def main(argv: list[str] | None = None) -> int:
 def _table(rows: dict) -> str:
     lines = [
         f"{'run':<7} {'time s':>8} {'ratio':>6} {'sparsity':>8} {'threshold':>9} {'full/call':>9} "
-        f"{'sampled/call':>12} {'iterations':>10}"
+        f"{'sampled/call':>12} {'iterations':>10} {'rounds':>6}"
     ]
     for row in rows.values():
         iterations = f"{row['mean_iterations']:.2f}" if "mean_iterations" in row else "-"
+        rounds = f"{row['mean_rounds']:.2f}" if "mean_rounds" in row else "-"
         lines.append(
             f"{row['mode']:<7} {row['seconds']:>8.3f} {row['ratio']:>6.2f} {row['mean_sparsity']:>8.3f} "
             f"{row['mean_threshold']:>9.2f} {row['full_calls']:>9.2f} {row['sampled_calls']:>12.2f} "
-            f"{iterations:>10}"
+            f"{iterations:>10} {rounds:>6}"
         )
     return "\n".join(lines)
 

@@ -126,3 +126,24 @@ def test_lookahead_needs_gaps_and_valid_tiles(monkeypatch):
     without_gaps = probe_tile_gaps(q, k, v, _state(q, k, v, 1))
     with pytest.raises(ValueError, match="no tile gaps"):
         without_gaps.lookahead()
+
+
+def test_a_lookahead_on_other_buffers_computes_what_their_contents_give():
+    """What a captured graph relies on: a twin reading buffers of the same layout, refreshed after the buffers
+    take another probe's contents, gives that probe's lookahead, for one candidate and several."""
+    q, k, v = _inputs()
+    first = probe_tile_gaps(q, k, v, _state(q, k, v, 1), **RANGES).lookahead([0, 3, 6])
+    q2, k2, v2 = (x + 0.5 * torch.randn_like(x) for x in (q, k, v))
+    second = probe_tile_gaps(q2, k2, v2, _state(q2, k2, v2, 1), **RANGES).lookahead([0, 3, 6])
+    assert first.constants() == second.constants()
+    buffers = {name: t.clone() for name, t in first.buffers().items()}
+    twin = first.on_buffers(buffers)
+    candidates = torch.tensor(THRESHOLDS)
+    assert torch.equal(twin(candidates), first(candidates)) and torch.equal(twin(candidates[1]), first(candidates[1]))
+    for name, t in second.buffers().items():
+        buffers[name].copy_(t)
+    twin.refresh()
+    assert torch.equal(twin(candidates), second(candidates)) and torch.equal(twin(candidates[1]), second(candidates[1]))
+    assert twin.reference is None and twin.heads == first.heads
+    with pytest.raises(ValueError, match="shapes, strides"):
+        first.on_buffers({**buffers, "q": buffers["q"][:, :-1]})

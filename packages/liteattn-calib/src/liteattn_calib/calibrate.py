@@ -13,6 +13,9 @@ chosen thresholds' keep bits, so committing it costs no further call. Otherwise 
 (write the candidate's bits on a scratch copy of the state, then B; the first of them also gives A), and the
 call at the chosen thresholds runs once more. Both ways produce the same bits.
 
+On a CUDA device the bisection rounds after the endpoints run as one replay of a captured CUDA graph
+(:mod:`liteattn_calib.graphs`, ``CalibConfig.cuda_graph``), kept across calls of the same layout.
+
 With ``CalibConfig.sample_query_tiles``, candidates are evaluated on the rows of a fixed, evenly spaced sample
 of query tiles only (:meth:`liteattn.SkipState.select_query_tiles`); A, its output and the state committed
 stay those of the full call.
@@ -29,6 +32,7 @@ from liteattn.skip_state import ShapeKey, SkipState
 from liteattn.tiles import num_tiles
 
 from .bisect import bisect_thresholds
+from .graphs import LookaheadErrors, RoundGraphs, shared_round_graphs
 from .metrics import ErrorMeter, per_head_error
 from .settings import CalibConfig
 
@@ -62,7 +66,8 @@ def sample_query_tiles(q_tiles: int, count: int | None) -> torch.Tensor | None:
 
 
 def calibrate_call(
-    query, key, value, state: SkipState, config: CalibConfig, *, commit: bool = False, **run_kwargs
+    query, key, value, state: SkipState, config: CalibConfig, *, commit: bool = False,
+    round_graphs: RoundGraphs | None = None, **run_kwargs
 ) -> CallResult:
     """Bisect the thresholds of one call. ``run_kwargs`` are :func:`liteattn.functional.run_attention`'s
     keyword arguments other than ``threshold`` (scale, must-do/skip lists, use_int8, backend).
@@ -70,25 +75,28 @@ def calibrate_call(
     With ``commit=False`` the state keeps its bits and call counter. With ``commit=True`` the call at the
     chosen thresholds is made as well: ``state`` advances exactly as that call advances it, and the result
     holds its ``out``, ``lse`` and ``sparsity``. With tile gaps this costs no further attention call.
+
+    ``round_graphs`` keeps the captured CUDA graphs of the bisection rounds (default: the process-wide
+    :func:`liteattn_calib.graphs.shared_round_graphs`); it is used on CUDA devices only.
     """
     with torch.no_grad():
         if tile_gaps_available(query, key, value, state, **run_kwargs):
             probe = probe_tile_gaps(query, key, value, state, **run_kwargs)
             if probe.gaps is not None:
-                return _from_gaps(probe, state, config, commit)
+                graphs = round_graphs if round_graphs is not None else shared_round_graphs()
+                return _from_gaps(probe, state, config, commit, graphs)
         return _by_running(query, key, value, state, config, commit, run_kwargs)
 
 
-def _from_gaps(probe, state: SkipState, config: CalibConfig, commit: bool) -> CallResult:
+def _from_gaps(probe, state: SkipState, config: CalibConfig, commit: bool, round_graphs: RoundGraphs) -> CallResult:
     """A is ``probe.out``; a candidate's bits are read off the gaps, and every round of the bisection (the two
     endpoints, then each halving) is one sampled call of the probe's lookahead, measured on the device."""
     lookahead = probe.lookahead(sample_query_tiles(state.q_tiles, config.sample_query_tiles))
-    meter = ErrorMeter(config.metric, lookahead.reference)
-
-    def evaluate(thresholds: torch.Tensor) -> torch.Tensor:  # (C, H) -> errors (C, H), on the query's device
-        return meter(lookahead(thresholds))
-
-    result = bisect_thresholds(evaluate, lookahead.heads, config, device=lookahead.reference.device)
+    # (C, H) -> errors (C, H), on the query's device
+    evaluate = LookaheadErrors(lookahead, ErrorMeter(config.metric, lookahead.reference))
+    device = lookahead.reference.device
+    result = bisect_thresholds(evaluate, lookahead.heads, config, device=device,
+                               run_fixed_rounds=round_graphs.runner(evaluate, config, device))
     if not commit:
         return CallResult(result.thresholds, result.errors, result.evaluations, rounds=result.rounds)
     probe.commit(state, result.thresholds)

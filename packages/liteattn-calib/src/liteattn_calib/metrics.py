@@ -7,6 +7,7 @@ measures every candidate of a call against the same A, and on a GPU each operati
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -42,6 +43,20 @@ class ErrorMeter:
             self._unit = a / torch.linalg.vector_norm(a, dim=-1, keepdim=True).clamp_min(_COSINE_EPS)
         else:
             self._a = a
+
+    def buffers(self) -> dict[str, torch.Tensor]:
+        """What the meter prepared from its reference: a captured CUDA graph of measurements reads these."""
+        names = ("_unit",) if self.metric == "cosine" else ("_a", "_norm") if self.metric == "rel_l1" else ("_a",)
+        return {name: getattr(self, name) for name in names}
+
+    def on_buffers(self, buffers: dict[str, torch.Tensor]) -> ErrorMeter:
+        """This meter reading ``buffers`` (the names of :meth:`buffers`) instead of its own."""
+        if buffers.keys() != self.buffers().keys():
+            raise ValueError(f"a {self.metric} meter reads {sorted(self.buffers())}; got {sorted(buffers)}")
+        twin = copy.copy(self)
+        for name, tensor in buffers.items():
+            setattr(twin, name, tensor)
+        return twin
 
     def __call__(self, out: torch.Tensor) -> torch.Tensor:
         b = _per_head_rows(out if out.dim() == 5 else out.unsqueeze(3))  # (C, H, N)

@@ -36,6 +36,12 @@ class CalibConfig(BaseModel):
     shrinks by k + 1 per round instead of 2. A round of k candidates costs less than k rounds of one where the
     sampled call is bound by reading K and V (its k copies of a head share them) and by the host's round
     trip; where it is bound by the tensor cores it costs about k.
+
+    ``cuda_graph`` (default True): on a CUDA device, with ``resolution > 0``, the bisection rounds after the
+    endpoints run as one replay of a captured CUDA graph instead of a few kernel launches per operation (the
+    host's launches, not the GPU, bounded a round). The result is the same; a graph is captured once per
+    layout and settings and re-used by later calls. ``False``, or the environment variable
+    ``LITEATTN_CALIB_CUDA_GRAPH=0``, runs them eagerly; so does any capture that fails (with a warning).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -51,6 +57,7 @@ class CalibConfig(BaseModel):
     candidates_per_round: int = Field(1, ge=1, le=15)
     num_steps: int | None = Field(None, ge=1, description="Steps of the run, for the progress bar only")
     progress: bool = True
+    cuda_graph: bool = Field(True, strict=True)  # strict: a string such as "0" would otherwise read as False
 
     @field_validator("sample_query_tiles", mode="before")
     @classmethod

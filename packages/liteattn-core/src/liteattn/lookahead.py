@@ -6,10 +6,16 @@ not depend on the candidate: it picks the sampled query rows and their gaps, fol
 gaps and pads them to whole bitmask words, and builds the backend call. A candidate then costs a comparison,
 a bit packing and one backend call: a few kernel launches and no host synchronisation (on a GPU these, not
 the sampled attention, were most of a candidate's cost). Several candidates can share one backend call.
+
+A CUDA graph of candidate calls bakes in the addresses of every tensor they read. So that one captured graph
+serves every later probed call of the same layout, a lookahead names those tensors (:meth:`Lookahead.buffers`)
+and can run on other tensors of the same layout (:meth:`Lookahead.on_buffers`): the graph's owner copies each
+new call's buffers into the ones the graph reads, then replays it.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -94,16 +100,64 @@ class Lookahead:
         """The backend call for ``count`` candidates, bits aside; built once per count."""
         call = self._calls.get(count)
         if call is None:
-            query = self._base.q
-            if count > 1:
-                # Replica c of query head h is head h * C + c: with Hkv key/value heads, GQA maps it to head
-                # (h * C + c) // (H * C / Hkv) = h // (H / Hkv), head h's own, so K and V are not copied.
-                batch, rows, heads, dim = query.shape
-                query = query.unsqueeze(3).expand(batch, rows, heads, count, dim).reshape(batch, rows, -1, dim)
-            call = replace(self._base, q=query, thresholds=self._base.thresholds.repeat_interleave(count))
+            call = replace(self._base, q=self._replicated_query(count), thresholds=self._replicated_thresholds(count))
             reason = self._backend.unsupported_reason(call)
             if reason is not None:
                 raise ValueError(f"backend {self._backend.name!r} cannot run the lookahead call: {reason}")
             self._calls[count] = call
         return call
+
+    def _replicated_query(self, count: int) -> torch.Tensor:
+        """The query of a call of ``count`` candidates: the base query itself for one."""
+        query = self._base.q
+        if count == 1:
+            return query
+        # Replica c of query head h is head h * C + c: with Hkv key/value heads, GQA maps it to head
+        # (h * C + c) // (H * C / Hkv) = h // (H / Hkv), head h's own, so K and V are not copied.
+        batch, rows, heads, dim = query.shape
+        return query.unsqueeze(3).expand(batch, rows, heads, count, dim).reshape(batch, rows, -1, dim)
+
+    def _replicated_thresholds(self, count: int) -> torch.Tensor:
+        thresholds = self._base.thresholds
+        return thresholds if count == 1 else thresholds.repeat_interleave(count)
+
+    # -- running on other buffers (a captured CUDA graph reads fixed addresses) ------------------------------
+    def buffers(self) -> dict[str, torch.Tensor]:
+        """Every tensor a candidate call reads that changes from one probed call to the next. Together with
+        :meth:`constants` and the buffers' layouts they decide what a call computes."""
+        base = self._base
+        return {"q": base.q, "k": base.k, "v": base.v, "thresholds": base.thresholds, "gaps": self._gaps}
+
+    def constants(self) -> tuple:
+        """What else a candidate call depends on: values a captured graph bakes in (the scale and the visit
+        direction reach the kernel as arguments; the backend decides which kernels run)."""
+        base = self._base
+        return (id(self._backend), base.scale, base.block_m, base.block_n, base.reverse, base.use_int8, self.heads)
+
+    def on_buffers(self, buffers: dict[str, torch.Tensor]) -> Lookahead:
+        """This lookahead reading ``buffers`` (the names and layouts of :meth:`buffers`) instead of its own.
+        It has no ``reference`` or ``rows``: candidates never read them, and keeping them would keep this
+        probe's output alive. After the buffers change, :meth:`refresh` before the next candidate."""
+        mine = self.buffers()
+        if buffers.keys() != mine.keys() or any(_layout(buffers[n]) != _layout(t) for n, t in mine.items()):
+            raise ValueError("on_buffers() needs buffers with the names, shapes, strides and dtypes of buffers()")
+        twin = copy.copy(self)
+        twin.reference = twin.rows = None
+        twin._base = replace(self._base, q=buffers["q"], k=buffers["k"], v=buffers["v"],
+                             thresholds=buffers["thresholds"])
+        twin._gaps = buffers["gaps"]
+        twin._calls = {}
+        return twin
+
+    def refresh(self) -> None:
+        """Bring the calls of several candidates up to date with the buffers: their replicated queries and
+        thresholds are copies, made once per count, and are refreshed in place (a graph reads them there)."""
+        for count, call in self._calls.items():
+            if count > 1:
+                call.q.copy_(self._replicated_query(count))
+                call.thresholds.copy_(self._replicated_thresholds(count))
+
+
+def _layout(t: torch.Tensor) -> tuple:
+    return tuple(t.shape), t.stride(), t.dtype, t.device
 
