@@ -218,7 +218,7 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
 // warpgroup keeps the tensor cores busy through its own softmax. The producer loads K one tile ahead of V to
 // match (producer_load). Between a wgmma issue and its wait the code is straight-line: at any branch merge point
 // with a wgmma in flight the compiler waits for every outstanding batch, so the tail mask is chosen per
-// iteration (two copies of the body) and the warp vote runs after the PV wait.
+// iteration (two copies of the body) and the warp vote of a tile runs, without a branch, under the next GEMMs.
 template <class Traits, class Params, class TensorO, class SkipWriter, class ScoreScale>
 CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits::SharedStorage& shared,
                                            typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
@@ -270,12 +270,14 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
     if constexpr (kDequantize) dequantize_scores(tSrAcc, tSrS, factor);
     if (n == partial_tile) mask_partial_tile<kBlockN>(tSrS, n, partial_tile, params.seqlen_k, lane);
     softmax.step(tSrS, correction);  // O is still zero: its rescale waits for the next iteration like any other
-    skip.vote(n, softmax, lane);
     skip.record_gap(n, softmax, lane);
     convert_fragment_into(tSrS, rP);
   }
   auto state_v = state;  // V runs one kept tile behind K
   ++state;
+  // The previous kept tile and its rows' skip-test answer: the warp vote runs while the next GEMMs do.
+  int prev = n;
+  bool prev_needs = skip.row_needs(softmax);
 
   auto iteration = [&](int n, auto masked) {
     float const factor = scale.factor(n);
@@ -288,17 +290,18 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
     for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= correction[acc_row(i)];  // the previous tile's max shift
     wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), tOrO);
     turn.pass_turn();
+    skip.commit_in_flight(prev, prev_needs, lane);
     warpgroup_wait<1>();  // S(n) landed; PV(p) may still run
     pipeline_k.consumer_release(state);
     if constexpr (kDequantize) dequantize_scores(tSrAcc, tSrS, factor);
     if constexpr (decltype(masked)::value) mask_partial_tile<kBlockN>(tSrS, n, n, params.seqlen_k, lane);
     softmax.step(tSrS, correction);
-    bool const needs = skip.row_needs(softmax);
+    prev_needs = skip.row_needs(softmax);
+    prev = n;
     asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(sink_addr), "f"(softmax.row_sum[0]),
                  "f"(softmax.row_sum[1]) : "memory");
     warpgroup_wait<0>();  // PV(p) done: O and the P registers are free again
     pipeline_v.consumer_release(state_v);
-    skip.commit(n, needs, lane);
     skip.record_gap(n, softmax, lane);
     convert_fragment_into(tSrS, rP);
     ++state_v;
@@ -319,6 +322,7 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
   for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= correction[acc_row(i)];
   wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), tOrO);
   turn.pass_turn();
+  skip.commit_in_flight(prev, prev_needs, lane);
   warpgroup_wait<0>();
   pipeline_v.consumer_release(state_v);
   release_q(shared);
