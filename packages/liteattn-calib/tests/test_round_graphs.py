@@ -18,20 +18,21 @@ class ReplayingCapture:
     on the same tensors and writes the results into those outputs, as a graph's kernels would."""
 
     def __init__(self):
-        self.captures = 0
+        self.captures, self.pools_given = 0, []
 
-    def __call__(self, run, device):
+    def __call__(self, run, device, pool):
         self.captures += 1
+        self.pools_given.append(pool)
         outputs = run()
 
         def replay():
             for out, new in zip(outputs, run()):
                 out.copy_(new)
 
-        return replay, outputs
+        return replay, outputs, f"pool of capture {self.captures}"
 
 
-def failing_capture(run, device):
+def failing_capture(run, device, pool):
     raise RuntimeError("operation not permitted when stream is capturing")
 
 
@@ -108,11 +109,13 @@ def test_captured_rounds_are_reused_on_new_inputs_and_equal_the_eager_rounds(upd
 def test_a_graph_per_direction_over_shared_buffers():
     """The visit direction reaches the kernel as an argument: a graph each, reading the same buffers."""
     config = CalibConfig(progress=False)
-    graphs = RoundGraphs(capture=ReplayingCapture(), device_types=frozenset({"cpu"}))
+    capture = ReplayingCapture()
+    graphs = RoundGraphs(capture=capture, device_types=frozenset({"cpu"}))
     for calls in (1, 2, 1, 2):
         _assert_same(_calibrate(6 + calls, config, graphs, calls), _calibrate(6 + calls, config.model_copy(
             update={"cuda_graph": False}), calls=calls))
     assert graphs.captures == 2 and graphs.replays == 4 and len(graphs._buffers) == 1
+    assert capture.pools_given == [None, "pool of capture 1"]  # the second graph shares the first one's pool
     graphs.clear()
     assert not graphs._graphs and not graphs._buffers
 
@@ -124,6 +127,6 @@ def test_a_failed_capture_warns_once_and_runs_eagerly():
         first = _calibrate(6, config, graphs)
     _assert_same(first, _calibrate(6, config.model_copy(update={"cuda_graph": False})))
     attempts = []
-    graphs._capture = lambda run, device: attempts.append(1)  # the failed key is not tried again
+    graphs._capture = lambda run, device, pool: attempts.append(1)  # the failed key is not tried again
     _assert_same(_calibrate(9, config, graphs), _calibrate(9, config.model_copy(update={"cuda_graph": False})))
     assert not attempts and graphs.captures == graphs.replays == 0

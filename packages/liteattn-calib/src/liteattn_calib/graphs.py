@@ -45,10 +45,11 @@ __all__ = ["CapturedRounds", "LookaheadErrors", "RoundGraphs", "capture_cuda_gra
 ENV_SWITCH = "LITEATTN_CALIB_CUDA_GRAPH"
 _OFF = {"0", "false", "no", "off"}
 
-# (run, device) -> (replay, outputs): ``outputs`` are the tensors ``run`` returned while captured; each
-# ``replay()`` recomputes them in place from the tensors ``run`` read.
-Capture = Callable[[Callable[[], tuple[torch.Tensor, ...]], torch.device],
-                   tuple[Callable[[], None], tuple[torch.Tensor, ...]]]
+# (run, device, pool) -> (replay, outputs, pool): ``outputs`` are the tensors ``run`` returned while captured;
+# each ``replay()`` recomputes them in place from the tensors ``run`` read. ``pool`` is the memory pool of a
+# live graph to share (None: a new one), and the graph's own pool comes back.
+Capture = Callable[[Callable[[], tuple[torch.Tensor, ...]], torch.device, object],
+                   tuple[Callable[[], None], tuple[torch.Tensor, ...], object]]
 
 
 def graphs_enabled(config: CalibConfig) -> bool:
@@ -110,6 +111,7 @@ class CapturedRounds:
     inputs: tuple[torch.Tensor, ...]
     outputs: tuple[torch.Tensor, ...]
     replay: Callable[[], None]
+    pool: object = None  # the graph's memory pool, which a later capture on the same device may share
     keep_alive: tuple[torch.Tensor, ...] = ()  # backend scratch the graph writes: see _backend_scratch
 
     def run(self, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
@@ -190,9 +192,18 @@ class RoundGraphs:
 
     def _capture_rounds(self, errors: LookaheadErrors, rounds: FixedRounds, state) -> CapturedRounds:
         inputs = tuple(t.clone() for t in state)
-        replay, outputs = self._capture(lambda: tuple(rounds(errors, *inputs)), inputs[0].device)
+        device = inputs[0].device
+        replay, outputs, pool = self._capture(lambda: tuple(rounds(errors, *inputs)), device, self._pool_on(device))
         self.captures += 1
-        return CapturedRounds(errors, inputs, tuple(outputs), replay, _backend_scratch())
+        return CapturedRounds(errors, inputs, tuple(outputs), replay, pool, _backend_scratch())
+
+    def _pool_on(self, device: torch.device):
+        """The memory pool of a graph of this cache on ``device``, or None. Only a live graph's pool: PyTorch
+        frees a pool with its last graph, and a capture into a freed pool's handle fails."""
+        for graph in self._graphs.values():
+            if graph.pool is not None and graph.inputs[0].device == device:
+                return graph.pool
+        return None
 
     def _warn(self, what: str) -> None:
         if not self._warned:
@@ -202,13 +213,14 @@ class RoundGraphs:
                           RuntimeWarning, stacklevel=4)
 
 
-def capture_cuda_graph(run: Callable[[], tuple[torch.Tensor, ...]], device: torch.device):
-    """Capture ``run`` in a CUDA graph on ``device``; returns ``(graph.replay, outputs)``.
+def capture_cuda_graph(run: Callable[[], tuple[torch.Tensor, ...]], device: torch.device, pool=None):
+    """Capture ``run`` in a CUDA graph on ``device``, in ``pool`` (a live graph's) or a new pool; returns
+    ``(graph.replay, outputs, graph.pool())``.
 
     ``run`` first runs once on a side stream, as PyTorch asks before a capture: that compiles the backend's
     kernels, grows its scratch buffers and builds the lookahead's calls outside the graph, so the capture
-    itself only records launches. Graphs of one device share a memory pool (the rounds' temporaries are
-    small, but there is one graph per layout, scale and visit direction).
+    itself only records launches. Sharing one pool keeps the temporaries of a graph per layout, scale and visit
+    direction in one place: the graphs never run at the same time, and their outputs are cloned at once.
     """
     with torch.cuda.device(device):
         side = torch.cuda.Stream()
@@ -217,19 +229,9 @@ def capture_cuda_graph(run: Callable[[], tuple[torch.Tensor, ...]], device: torc
             run()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=_pool(device)):
+        with torch.cuda.graph(graph, pool=pool):
             outputs = run()
-    return graph.replay, outputs
-
-
-_POOLS: dict[torch.device, tuple] = {}
-
-
-def _pool(device: torch.device):
-    device = torch.device(device)
-    if device not in _POOLS:
-        _POOLS[device] = torch.cuda.graph_pool_handle()
-    return _POOLS[device]
+    return graph.replay, outputs, graph.pool()
 
 
 def _backend_scratch() -> tuple[torch.Tensor, ...]:
