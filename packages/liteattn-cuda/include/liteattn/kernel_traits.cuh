@@ -20,10 +20,11 @@
 #ifndef LITEATTN_STAGES_D64
 #define LITEATTN_STAGES_D64 4
 #endif
-// Consumer loop schedule: 0 runs each tile's S, softmax and PV in turn; 1 issues S(n) with PV(previous tile) and
-// hides the softmax under that PV (consumer_mainloop_overlap), the producer loading K one tile ahead of V.
+// Consumer loop schedule at head dim 128: 1 (default) issues S(n) with PV(previous tile) and hides the softmax
+// under that PV (consumer_mainloop_overlap), the producer loading K one tile ahead of V; 0 runs each tile's S,
+// softmax and PV in turn (consumer_mainloop_serial).
 #ifndef LITEATTN_OVERLAP
-#define LITEATTN_OVERLAP 0
+#define LITEATTN_OVERLAP 1
 #endif
 
 namespace liteattn {
@@ -109,11 +110,12 @@ struct KernelTraits {
   static_assert(kSmemBytes <= 227 * 1024, "shared storage exceeds the 227 KB an sm90 CTA may use");
 };
 
-// Whether an instantiation runs the overlapped consumer loop: at head dim 256 its extra live registers (P beside
-// S, O being 128 per thread) spill, so that head dim keeps the serial loop.
+// Whether an instantiation runs the overlapped consumer loop. On an H100 it gains 4-6% at head dim 128, nothing
+// at 64 (where the exp2's, not the GEMMs, set the pace), and at 256 its extra live registers (P beside S, with O
+// at 128 per thread) spill (bench/NOTES-cuda.md, v9).
 template <class Traits>
 constexpr bool overlapped_loop() {
-  return LITEATTN_OVERLAP && Traits::kHeadDim <= 128;
+  return LITEATTN_OVERLAP && Traits::kHeadDim == 128;
 }
 
 // Stages per head dim: as many K/V stages as fit next to the Q tile in 227 KB.

@@ -139,12 +139,9 @@ CUTE_DEVICE decltype(auto) score_registers(TensorAcc& acc) {
   }
 }
 
-// The key loop of one work tile (at least one kept key tile); leaves the unnormalised O in tOrO. Each consumer
-// warpgroup waits for every wgmma before using its result: the two warpgroups overlap each other's softmax with
-// their GEMMs. (Software-pipelined loops that issue a warpgroup's two GEMMs back to back measured 7-22% slower on
-// an H100, bench/NOTES-cuda.md v2/v3/v7.) `state` is the K/V ring position carried across work tiles; `q_round`
-// the number of Q loads before this tile's. With INT8 Q/K (Traits::TiledMmaQK accumulates s32), `scale` gives
-// each tile's dequantisation factor and the softmax, skip test and PV run on the dequantised scores unchanged.
+// The serial key loop: each consumer warpgroup waits for every wgmma before using its result, and the two
+// warpgroups overlap each other's softmax with their GEMMs. Head dims 64 and 256 run it (at 64 the overlapped loop
+// measured no faster, at 256 it spills); see consumer_mainloop for the arguments.
 template <class Traits, class Params, class TensorO, class SkipWriter, class ScoreScale>
 CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits::SharedStorage& shared,
                                           typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
@@ -218,7 +215,8 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
 // warpgroup keeps the tensor cores busy through its own softmax. The producer loads K one tile ahead of V to
 // match (producer_load). Between a wgmma issue and its wait the code is straight-line: at any branch merge point
 // with a wgmma in flight the compiler waits for every outstanding batch, so the tail mask is chosen per
-// iteration (two copies of the body) and the warp vote of a tile runs, without a branch, under the next GEMMs.
+// iteration (two copies of the body) and the warp vote runs after the PV wait. (Voting under the next
+// iteration's GEMMs measured no better, bench/NOTES-cuda.md v9.)
 template <class Traits, class Params, class TensorO, class SkipWriter, class ScoreScale>
 CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits::SharedStorage& shared,
                                            typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
@@ -270,14 +268,12 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
     if constexpr (kDequantize) dequantize_scores(tSrAcc, tSrS, factor);
     if (n == partial_tile) mask_partial_tile<kBlockN>(tSrS, n, partial_tile, params.seqlen_k, lane);
     softmax.step(tSrS, correction);  // O is still zero: its rescale waits for the next iteration like any other
+    skip.vote(n, softmax, lane);
     skip.record_gap(n, softmax, lane);
     convert_fragment_into(tSrS, rP);
   }
   auto state_v = state;  // V runs one kept tile behind K
   ++state;
-  // The previous kept tile and its rows' skip-test answer: the warp vote runs while the next GEMMs do.
-  int prev = n;
-  bool prev_needs = skip.row_needs(softmax);
 
   auto iteration = [&](int n, auto masked) {
     float const factor = scale.factor(n);
@@ -290,18 +286,17 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
     for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= correction[acc_row(i)];  // the previous tile's max shift
     wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), tOrO);
     turn.pass_turn();
-    skip.commit_in_flight(prev, prev_needs, lane);
     warpgroup_wait<1>();  // S(n) landed; PV(p) may still run
     pipeline_k.consumer_release(state);
     if constexpr (kDequantize) dequantize_scores(tSrAcc, tSrS, factor);
     if constexpr (decltype(masked)::value) mask_partial_tile<kBlockN>(tSrS, n, n, params.seqlen_k, lane);
     softmax.step(tSrS, correction);
-    prev_needs = skip.row_needs(softmax);
-    prev = n;
+    bool const needs = skip.row_needs(softmax);
     asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(sink_addr), "f"(softmax.row_sum[0]),
                  "f"(softmax.row_sum[1]) : "memory");
     warpgroup_wait<0>();  // PV(p) done: O and the P registers are free again
     pipeline_v.consumer_release(state_v);
+    skip.commit(n, needs, lane);
     skip.record_gap(n, softmax, lane);
     convert_fragment_into(tSrS, rP);
     ++state_v;
@@ -322,7 +317,6 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
   for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= correction[acc_row(i)];
   wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), tOrO);
   turn.pass_turn();
-  skip.commit_in_flight(prev, prev_needs, lane);
   warpgroup_wait<0>();
   pipeline_v.consumer_release(state_v);
   release_q(shared);

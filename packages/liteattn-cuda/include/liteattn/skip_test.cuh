@@ -62,13 +62,6 @@ struct SkipTestWriter {
     if (__any_sync(0xffffffffu, needs) && lane == 0) atomicOr(&smem_words[n / 32], 1u << (n % 32));
   }
 
-  // commit for code with a wgmma in flight: a ballot and one predicated shared atomic, no branch (at a branch
-  // merge point the compiler would wait for every outstanding wgmma).
-  CUTE_DEVICE void commit_in_flight(int n, bool needs, int lane) const {
-    uint32_t const votes = __ballot_sync(0xffffffffu, needs);
-    if (enabled() && votes != 0u && lane == 0) atomicOr(&smem_words[n / 32], 1u << (n % 32));
-  }
-
   CUTE_DEVICE void vote(int n, OnlineSoftmax const& softmax, int lane) const { commit(n, needs(softmax), lane); }
 
   // Tile gaps (docs/backend-contract.md): the largest m_tile - m_run over the valid rows, +inf for a row's first

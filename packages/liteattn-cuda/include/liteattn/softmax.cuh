@@ -30,27 +30,6 @@ CUTE_DEVICE float fast_exp2(float x) {
 #endif
 }
 
-// 2^x for x <= 0 on the FMA pipe, which has 8x the MUFU's throughput: x = j + f with j = round(x) and
-// f in [-0.5, 0.5]; 2^f from a cubic fitted to relative error (7.5e-5 at most, below a bf16 or fp16 P's
-// rounding); j is added to the exponent bits. x is clamped to -126 so the exponent never wraps: 2^-126 and
-// below come out as at most 2^-126 (a masked score's -inf gives a denormal, zero once flushed or rounded).
-CUTE_DEVICE float poly_exp2(float x) {
-  constexpr float kRoundShift = 12582912.f;  // 1.5 * 2^23: x + it holds round(x) in the low mantissa bits
-  x = fmaxf(x, -126.f);
-  float const shifted = x + kRoundShift;
-  float const f = x - (shifted - kRoundShift);
-  float const p = fmaf(fmaf(fmaf(0.05517146f, f, 0.24261086f), f, 0.69326097f), f, 0.99992812f);
-  // (round(x) + 0x4B400000) << 23 == round(x) << 23 (mod 2^32): the shift itself drops the offset.
-  return __int_as_float(__float_as_int(p) + (__float_as_int(shifted) << 23));
-}
-
-// Every kPolyExp2Every-th probability goes through poly_exp2 (0: none): where the MUFU is the limit (head dim 64:
-// the exp2's take as long as both GEMMs), moving a share of them to the FMA pipe shortens the softmax.
-#ifndef LITEATTN_POLY_EXP2_EVERY
-#define LITEATTN_POLY_EXP2_EVERY 0
-#endif
-constexpr int kPolyExp2Every = LITEATTN_POLY_EXP2_EVERY;
-
 CUTE_DEVICE float quad_max(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
   return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
@@ -95,8 +74,7 @@ struct OnlineSoftmax {
     CUTE_UNROLL
     for (int i = 0; i < N; ++i) {
       // One FFMA + MUFU.EX2 per score; masked scores are -inf and give 0.
-      float const x = fmaf(tSrS(i), scale_log2, -max_scaled[acc_row(i)]);
-      float p = kPolyExp2Every > 0 && i % (kPolyExp2Every > 0 ? kPolyExp2Every : 1) == 0 ? poly_exp2(x) : fast_exp2(x);
+      float p = fast_exp2(fmaf(tSrS(i), scale_log2, -max_scaled[acc_row(i)]));
       tSrS(i) = p;
       row_sum[acc_row(i)] += p;
     }
