@@ -82,7 +82,8 @@ def gpu(session: nox.Session) -> None:
     out = Path(os.environ.get("LITEATTN_RESULTS") or ROOT / "bench" / "results" / f"{datetime.date.today()}-{gpu_name}")
     out.mkdir(parents=True, exist_ok=True)
     _install_packages(session, offline=os.environ.get("LITEATTN_OFFLINE") == "1")
-    for name in GPU_PACKAGES:  # calibration is device-independent and tested on the CPU
+    # Each package's tests marked gpu (calibration's: the bisection rounds replayed as CUDA graphs).
+    for name in (*GPU_PACKAGES, "liteattn-calib"):
         session.run("python", "-m", "pytest", f"packages/{name}/tests", "-m", "gpu", "-q", "-rs",
                     f"--junitxml={out}/gpu-tests-{name}.xml", success_codes=[0, 5], external=True)
     session.run("python", "bench/parity.py", "--steps", "4", "--json", str(out / "parity.json"), external=True)
