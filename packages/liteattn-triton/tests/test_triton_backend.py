@@ -412,3 +412,16 @@ def test_gpu_tile_gaps(case, int8, knobs):
     triton_forward(call, **knobs)
     assert torch.equal(call.tile_gaps, probe.tile_gaps)
     _assert_gaps_give_bits(call)
+
+
+def test_scratch_keeps_outgrown_buffers():
+    """A larger call replaces a scratch buffer, but the old one stays allocated: a CUDA graph captured on it
+    (calibration's rounds) would otherwise write into memory the allocator hands to someone else."""
+    from liteattn_triton.attention import _Scratch
+
+    scratch = _Scratch()
+    small = scratch.get("index", 8, torch.device("cpu"))
+    large = scratch.get("index", 64, torch.device("cpu"))
+    assert large.numel() == 64 and small.numel() == 8
+    assert any(kept.data_ptr() == small.data_ptr() for kept in scratch._outgrown)
+    assert scratch.get("index", 16, torch.device("cpu")).data_ptr() == large.data_ptr()  # reused, not regrown

@@ -26,7 +26,6 @@ Everything else falls back to running the rounds eagerly, with the same result: 
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -112,7 +111,6 @@ class CapturedRounds:
     outputs: tuple[torch.Tensor, ...]
     replay: Callable[[], None]
     pool: object = None  # the graph's memory pool, which a later capture on the same device may share
-    keep_alive: tuple[torch.Tensor, ...] = ()  # backend scratch the graph writes: see _backend_scratch
 
     def run(self, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         for static, value in zip(self.inputs, state):
@@ -195,7 +193,7 @@ class RoundGraphs:
         device = inputs[0].device
         replay, outputs, pool = self._capture(lambda: tuple(rounds(errors, *inputs)), device, self._pool_on(device))
         self.captures += 1
-        return CapturedRounds(errors, inputs, tuple(outputs), replay, pool, _backend_scratch())
+        return CapturedRounds(errors, inputs, tuple(outputs), replay, pool)
 
     def _pool_on(self, device: torch.device):
         """The memory pool of a graph of this cache on ``device``, or None. Only a live graph's pool: PyTorch
@@ -232,15 +230,6 @@ def capture_cuda_graph(run: Callable[[], tuple[torch.Tensor, ...]], device: torc
         with torch.cuda.graph(graph, pool=pool):
             outputs = run()
     return graph.replay, outputs, graph.pool()
-
-
-def _backend_scratch() -> tuple[torch.Tensor, ...]:
-    """The Triton backend's scratch buffers as they are after a capture. The backend replaces a buffer when a
-    larger call needs more and lets the old one go back to the allocator, while a graph captured on it goes on
-    writing there at every replay: holding them keeps that memory the graph's."""
-    module = sys.modules.get("liteattn_triton.attention")
-    buffers = getattr(getattr(module, "_SCRATCH", None), "_buffers", None)
-    return tuple(buffers.values()) if isinstance(buffers, dict) else ()
 
 
 def _settings_key(config: CalibConfig) -> tuple:

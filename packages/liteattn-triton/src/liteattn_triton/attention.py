@@ -45,15 +45,20 @@ def _next_pow2(n: int) -> int:
 class _Scratch:
     """Per-device transient buffers (compact keep lists, votes), grown on demand and shared by all layers.
 
-    Calls on one device must not overlap on different streams (layers run one at a time)."""
+    Calls on one device must not overlap on different streams (layers run one at a time). A buffer outgrown by
+    a larger call is kept, not freed: a CUDA graph captured on it (calibration replays its rounds as one) goes on
+    writing there at every replay, so its memory must never return to the allocator."""
 
     def __init__(self):
         self._buffers: dict[tuple[str, str], torch.Tensor] = {}
+        self._outgrown: list[torch.Tensor] = []
 
     def get(self, name: str, numel: int, device: torch.device, dtype: torch.dtype = torch.int32) -> torch.Tensor:
         key = (name, str(device))
         buf = self._buffers.get(key)
         if buf is None or buf.numel() < numel:
+            if buf is not None:
+                self._outgrown.append(buf)
             buf = torch.empty(max(numel, 1), dtype=dtype, device=device)
             self._buffers[key] = buf
         return buf[:numel]
