@@ -130,3 +130,9 @@ def test_a_failed_capture_warns_once_and_runs_eagerly():
     graphs._capture = lambda run, device, pool: attempts.append(1)  # the failed key is not tried again
     _assert_same(_calibrate(9, config, graphs), _calibrate(9, config.model_copy(update={"cuda_graph": False})))
     assert not attempts and graphs.captures == graphs.replays == 0
+
+
+def test_unknown_env_switch_value_names_the_variable(monkeypatch):
+    monkeypatch.setenv(ENV_SWITCH, "maybe")
+    with pytest.raises(ValueError, match=ENV_SWITCH):
+        graphs_enabled(CalibConfig())

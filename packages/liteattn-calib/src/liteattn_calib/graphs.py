@@ -43,6 +43,7 @@ __all__ = ["CapturedRounds", "LookaheadErrors", "RoundGraphs", "capture_cuda_gra
 
 ENV_SWITCH = "LITEATTN_CALIB_CUDA_GRAPH"
 _OFF = {"0", "false", "no", "off"}
+_ON = {"", "1", "true", "yes", "on"}
 
 # (run, device, pool) -> (replay, outputs, pool): ``outputs`` are the tensors ``run`` returned while captured;
 # each ``replay()`` recomputes them in place from the tensors ``run`` read. ``pool`` is the memory pool of a
@@ -53,7 +54,10 @@ Capture = Callable[[Callable[[], tuple[torch.Tensor, ...]], torch.device, object
 
 def graphs_enabled(config: CalibConfig) -> bool:
     """Whether the settings and the environment allow captured rounds at all (the device is checked apart)."""
-    return config.cuda_graph and os.environ.get(ENV_SWITCH, "1").strip().lower() not in _OFF
+    value = os.environ.get(ENV_SWITCH, "1").strip().lower()
+    if value not in _OFF | _ON:
+        raise ValueError(f"{ENV_SWITCH}={os.environ[ENV_SWITCH]!r}: expected one of {sorted(_OFF | _ON - {''})}")
+    return config.cuda_graph and value in _ON
 
 
 class LookaheadErrors:
