@@ -40,6 +40,7 @@ import liteattn
 import liteattn_calib.registry
 from liteattn.testing import video_qkv
 from liteattn_calib import LiteAttentionRegistry
+from liteattn_calib.bisect import first_round_points
 from liteattn_calib.graphs import shared_round_graphs
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -66,23 +67,36 @@ class CallCounter:
 
 class CalibCounter:
     """Wraps the registry's ``calibrate_call``: the bisection evaluations and rounds of every calibrated call,
-    which a counter of backend calls cannot see once the rounds replay as a CUDA graph."""
+    which a counter of backend calls cannot see once the rounds replay as a CUDA graph, and per warm-started
+    call the fraction of heads whose answer the window bracketed (read after the run)."""
 
     def __init__(self):
-        self.evaluations, self.rounds = [], []
+        self.evaluations, self.rounds, self._windows = [], [], []
         self.original = liteattn_calib.registry.calibrate_call
 
-        def counted(*args, **kwargs):
-            result = self.original(*args, **kwargs)
+        def counted(query, key, value, state, config, **kwargs):
+            result = self.original(query, key, value, state, config, **kwargs)
             self.evaluations.append(result.evaluations)
             self.rounds.append(result.rounds)
+            points, _ = first_round_points(config, query.shape[2], result.thresholds.device, kwargs.get("start"))
+            if points.shape[0] == 4:
+                self._windows.append((points[1], points[2], result.thresholds))
             return result
 
         liteattn_calib.registry.calibrate_call = counted
 
+    def warm_hits(self) -> float | None:
+        """Fraction of warm-started (call, head) pairs whose threshold landed inside the window."""
+        if not self._windows:
+            return None
+        hits = [((low <= t) & ((t < high) | (high == t.new_tensor(0.0)))).float().mean() for low, high, t in
+                self._windows]
+        return float(torch.stack(hits).mean())
+
     def clear(self) -> None:
         self.evaluations.clear()
         self.rounds.clear()
+        self._windows.clear()
 
     def remove(self) -> None:
         liteattn_calib.registry.calibrate_call = self.original
@@ -117,6 +131,7 @@ def run_mode(mode: str, layers: dict, inputs, scales, args, counter: CallCounter
         filename=path if mode == "load" else None,
         calib_config={"target_error": args.target, "progress": False, "sample_query_tiles": args.sample_query_tiles,
                       "candidates_per_round": args.candidates_per_round, "cuda_graph": not args.no_cuda_graph,
+                      "warm_start": not args.no_warm_start,
                       **({} if args.resolution is None else {"resolution": args.resolution})},
     )
     counter.q_lens.clear()
@@ -151,6 +166,7 @@ def run_mode(mode: str, layers: dict, inputs, scales, args, counter: CallCounter
         row["mean_iterations"] = sum(calibs.evaluations) / layer_steps  # candidates per (layer, step)
         row["mean_rounds"] = sum(calibs.rounds) / layer_steps
         row["total_rounds"] = sum(calibs.rounds)
+        row["warm_hits"] = calibs.warm_hits()
     return row
 
 
@@ -184,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-cuda-graph", action="store_true",
                         help="run the bisection rounds eagerly (CalibConfig.cuda_graph=False) instead of as a "
                         "captured CUDA graph")
+    parser.add_argument("--no-warm-start", action="store_true",
+                        help="bisect every step on the whole range (CalibConfig.warm_start=False)")
     parser.add_argument("--json", default=None, help="write the results here too")
     args = parser.parse_args(argv)
 
@@ -235,8 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     calib["extra_ms_per_round"] = 1e3 * (calib["seconds"] - rows["load"]["seconds"]) / max(calib["total_rounds"], 1)
     calib["graph_captures"], calib["graph_replays"] = captures, graphs.replays
     print(_table(rows))
+    hits = "-" if calib["warm_hits"] is None else f"{100 * calib['warm_hits']:.1f}%"
     print(f"calib / load = {calib['seconds'] / rows['load']['seconds']:.2f}; extra ms/round = "
-          f"{calib['extra_ms_per_round']:.3f} over {calib['total_rounds']} rounds")
+          f"{calib['extra_ms_per_round']:.3f} over {calib['total_rounds']} rounds; warm start "
+          f"{'off' if args.no_warm_start else 'on'}, heads inside their window: {hits}")
     print(f"bisection rounds: {'eager' if args.no_cuda_graph else 'CUDA graph (eager off CUDA)'}; graphs captured "
           f"in the warm-up: {captures}, replays: {graphs.replays}; warm-up calib run (compilation and captures "
           f"included): {warm_up['calib']['seconds']:.3f} s")
@@ -263,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             "candidates_per_round": args.candidates_per_round,
             "resolution": args.resolution,
             "cuda_graph": not args.no_cuda_graph,
+            "warm_start": not args.no_warm_start,
         }
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "rows": list(rows.values())}, f, indent=1)

@@ -93,3 +93,20 @@ def test_every_metric_calibrates():
         _, registry, _ = calibrate(target=target, metric=metric)
         means = registry.layer_means()
         assert all(math.isfinite(t) and -20 <= t <= 0 for t, _ in means.values())
+
+
+def test_each_step_starts_from_the_previous_steps_thresholds(monkeypatch):
+    import liteattn_calib.registry as registry_module
+
+    starts, original = [], registry_module.calibrate_call
+
+    def spy(*args, start=None, **kwargs):
+        starts.append(start)
+        return original(*args, start=start, **kwargs)
+
+    monkeypatch.setattr(registry_module, "calibrate_call", spy)
+    _, registry, _ = calibrate(disabled_steps=1)
+    chosen = registry._layers["blocks.0.attn"].chosen
+    layer0 = starts[::2]  # the blocks run in order: layer 0's calls are every other one
+    assert layer0[0] is None  # step 1 follows a disabled step: the whole range
+    assert all(torch.equal(start, chosen[step]) for step, start in enumerate(layer0[1:], start=1))

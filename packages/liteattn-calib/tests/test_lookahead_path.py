@@ -79,7 +79,7 @@ def test_lookahead_calibration_picks_what_a_call_per_candidate_picked(metric, sa
                             **RANGES)
     assert torch.equal(result.thresholds, thresholds)
     assert torch.allclose(result.errors, errors, rtol=1e-12, atol=1e-15)
-    # The rounds after the endpoints run to the resolution without looking back (20 / 2^11 <= 1/64).
+    # The rounds after the first run to the resolution without looking back (20 / 2^11 <= 1/64).
     assert result.evaluations == 2 + 11 and result.rounds == result.evaluations - 1
     assert thresholds.unique().numel() > 1 and evaluations > 2  # heads differ, and they were bisected
 

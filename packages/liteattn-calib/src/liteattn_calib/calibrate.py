@@ -13,7 +13,7 @@ chosen thresholds' keep bits, so committing it costs no further call. Otherwise 
 (write the candidate's bits on a scratch copy of the state, then B; the first of them also gives A), and the
 call at the chosen thresholds runs once more. Both ways produce the same bits.
 
-On a CUDA device the bisection rounds after the endpoints run as one replay of a captured CUDA graph
+On a CUDA device the bisection rounds run as one replay of a captured CUDA graph
 (:mod:`liteattn_calib.graphs`, ``CalibConfig.cuda_graph``), kept across calls of the same layout.
 
 With ``CalibConfig.sample_query_tiles``, candidates are evaluated on the rows of a fixed, evenly spaced sample
@@ -41,8 +41,8 @@ __all__ = ["CallResult", "calibrate_call", "sample_query_tiles", "scratch_copy"]
 
 @dataclass(frozen=True)
 class CallResult:
-    thresholds: torch.Tensor  # float32 (H,)
-    errors: torch.Tensor  # float64 (H,), at the chosen thresholds
+    thresholds: torch.Tensor  # float32 (H,), on the query's device (the CPU when candidates run as calls)
+    errors: torch.Tensor  # float64 (H,), at the chosen thresholds, on the same device
     evaluations: int  # candidates evaluated (bisection iterations, both endpoints included)
     # The call at the chosen thresholds, with ``commit=True`` only (None otherwise):
     out: torch.Tensor | None = None  # (B, Sq, H, Dv)
@@ -67,7 +67,7 @@ def sample_query_tiles(q_tiles: int, count: int | None) -> torch.Tensor | None:
 
 def calibrate_call(
     query, key, value, state: SkipState, config: CalibConfig, *, commit: bool = False,
-    round_graphs: RoundGraphs | None = None, **run_kwargs
+    round_graphs: RoundGraphs | None = None, start: torch.Tensor | None = None, **run_kwargs
 ) -> CallResult:
     """Bisect the thresholds of one call. ``run_kwargs`` are :func:`liteattn.functional.run_attention`'s
     keyword arguments other than ``threshold`` (scale, must-do/skip lists, use_int8, backend).
@@ -77,25 +77,29 @@ def calibrate_call(
     holds its ``out``, ``lse`` and ``sparsity``. With tile gaps this costs no further attention call.
 
     ``round_graphs`` keeps the captured CUDA graphs of the bisection rounds (default: the process-wide
-    :func:`liteattn_calib.graphs.shared_round_graphs`); it is used on CUDA devices only.
+    :func:`liteattn_calib.graphs.shared_round_graphs`); it is used on CUDA devices only. ``start`` (H,): the
+    thresholds this layer chose at the previous step, where the warm start (``CalibConfig.warm_start``)
+    centres its window. With tile gaps the result's thresholds and errors stay on the query's device, and
+    with ``resolution > 0`` nothing in the call waits for the GPU.
     """
     with torch.no_grad():
         if tile_gaps_available(query, key, value, state, **run_kwargs):
             probe = probe_tile_gaps(query, key, value, state, **run_kwargs)
             if probe.gaps is not None:
                 graphs = round_graphs if round_graphs is not None else shared_round_graphs()
-                return _from_gaps(probe, state, config, commit, graphs)
-        return _by_running(query, key, value, state, config, commit, run_kwargs)
+                return _from_gaps(probe, state, config, commit, graphs, start)
+        return _by_running(query, key, value, state, config, commit, run_kwargs, start)
 
 
-def _from_gaps(probe, state: SkipState, config: CalibConfig, commit: bool, round_graphs: RoundGraphs) -> CallResult:
+def _from_gaps(probe, state: SkipState, config: CalibConfig, commit: bool, round_graphs: RoundGraphs,
+               start: torch.Tensor | None) -> CallResult:
     """A is ``probe.out``; a candidate's bits are read off the gaps, and every round of the bisection (the two
     endpoints, then each halving) is one sampled call of the probe's lookahead, measured on the device."""
     lookahead = probe.lookahead(sample_query_tiles(state.q_tiles, config.sample_query_tiles))
     # (C, H) -> errors (C, H), on the query's device
     evaluate = LookaheadErrors(lookahead, ErrorMeter(config.metric, lookahead.reference))
     device = lookahead.reference.device
-    result = bisect_thresholds(evaluate, lookahead.heads, config, device=device,
+    result = bisect_thresholds(evaluate, lookahead.heads, config, device=device, start=start,
                                run_fixed_rounds=round_graphs.runner(evaluate, config, device))
     if not commit:
         return CallResult(result.thresholds, result.errors, result.evaluations, rounds=result.rounds)
@@ -104,7 +108,8 @@ def _from_gaps(probe, state: SkipState, config: CalibConfig, commit: bool, round
                       rounds=result.rounds)
 
 
-def _by_running(query, key, value, state: SkipState, config: CalibConfig, commit: bool, run_kwargs: dict) -> CallResult:
+def _by_running(query, key, value, state: SkipState, config: CalibConfig, commit: bool, run_kwargs: dict,
+                start: torch.Tensor | None) -> CallResult:
     """Without gaps: per candidate, a scratch state runs the call (writing the candidate's bits; the output of
     the first such call is A), then B reads them. Both calls run on the sampled query tiles."""
     tiles = _sample_for(query, key, state, config)
@@ -126,7 +131,7 @@ def _by_running(query, key, value, state: SkipState, config: CalibConfig, commit
     def evaluate(candidates: torch.Tensor) -> torch.Tensor:  # (C, H), one candidate after the other
         return torch.stack([evaluate_one(thresholds) for thresholds in candidates])
 
-    result = bisect_thresholds(evaluate, query.shape[2], config)
+    result = bisect_thresholds(evaluate, query.shape[2], config, start=start)  # errors come to the CPU here
     if not commit:
         return CallResult(result.thresholds, result.errors, result.evaluations, rounds=result.rounds)
     out, lse, sparsity = run_attention(query, key, value, state, threshold=result.thresholds, **run_kwargs)

@@ -1,10 +1,9 @@
-"""The bisection rounds after the endpoints as one replay of a captured CUDA graph.
+"""The bisection rounds as one replay of a captured CUDA graph.
 
 A round of the bisection (compare the gaps, pack the bits, the sampled attention call, the error, the bracket
-update) is some thirty kernel launches. With ``resolution > 0`` the rounds after the endpoints are a fixed
-sequence of operations (:func:`liteattn_calib.bisect.bisect_thresholds` reads nothing back there), which a
-CUDA graph replays in one launch: on an H100 that took about 0.1 ms of launch overhead off each round (a
-calibration run went from 2.27x to 2.05x a normal run); what remains is GPU time.
+update) is some thirty kernel launches. With ``resolution > 0`` the rounds are a fixed sequence of operations
+(:func:`liteattn_calib.bisect.bisect_thresholds` reads nothing back), which a CUDA graph replays in one launch:
+on an H100 that took about 0.1 ms of launch overhead off each round; what remains is GPU time.
 
 A graph reads and writes fixed addresses. Capturing one per calibrated call would cost a host run of the
 rounds every time, so a graph is kept for every (buffer layout, constants, settings) and each later call
@@ -13,7 +12,7 @@ copies its own tensors into the ones the graph was captured on:
 * the lookahead's and the error meter's buffers (:meth:`liteattn.lookahead.Lookahead.buffers`: the sampled
   query rows, K, V, the gaps; what the meter prepared from A), shared by every graph of one layout. They cost
   the memory of K and V once per layout, and a device copy of them per call;
-* the bisection state the rounds start from (brackets, done flags, answers so far), one set per graph.
+* the first round's thresholds (the endpoints, and the warm start's window), one tensor per graph.
 
 The rounds' results are cloned right after the replay: graphs share one memory pool, so another graph's
 replay may reuse the memory of this one's outputs.

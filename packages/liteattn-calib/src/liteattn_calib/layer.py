@@ -10,7 +10,6 @@ from liteattn import LiteAttention
 from liteattn.skip_state import SkipState
 
 from .calibrate import scratch_copy
-from .settings import StepEntry
 
 __all__ = ["Layer"]
 
@@ -30,7 +29,8 @@ class Layer:
     head_dim: int | None = None
     extra_states: list[SkipState] = field(default_factory=list)
     calls: dict[int, int] = field(default_factory=dict)  # step -> calls made so far
-    used: dict[int, StepEntry] = field(default_factory=dict)  # step -> what call 0 ran
+    # step -> what call 0 ran: "disabled" or its thresholds (a tensor, on the device for calibrated steps)
+    used: dict[int, str | torch.Tensor] = field(default_factory=dict)
     chosen: dict[int, torch.Tensor] = field(default_factory=dict)  # step -> calibrated thresholds (H,)
     errors: dict[int, torch.Tensor] = field(default_factory=dict)  # step -> calibration error per head
     sparsity: dict[int, list[float]] = field(default_factory=dict)  # step -> sparsity of each call

@@ -218,7 +218,8 @@ class LiteAttentionRegistry(AbstractContextManager):
         elif entry == CALIBRATE and step not in layer.chosen:
             # The step's first call calibrates and is committed at the chosen thresholds (with tile gaps, by
             # the calibration's own full call); later calls of the step reuse the choice.
-            result = calibrate_call(query, key, value, state, self.calib_config, commit=True, **kwargs)
+            result = calibrate_call(query, key, value, state, self.calib_config, commit=True,
+                                    start=layer.chosen.get(step - 1), **kwargs)
             layer.chosen[step], layer.errors[step] = result.thresholds, result.errors
             thresholds, errors = result.thresholds, result.errors
             out, lse, sparsity = result.out, result.lse, result.sparsity
@@ -233,7 +234,7 @@ class LiteAttentionRegistry(AbstractContextManager):
             out, lse, sparsity = run_attention(query, key, value, state, threshold=thresholds, **kwargs)
         module.last_sparsity = sparsity
         if call == 0:
-            layer.used[step] = DISABLED if thresholds is None else _as_entry(thresholds)
+            layer.used[step] = DISABLED if thresholds is None else thresholds  # read on the host when saved
             layer.sparsity[step] = []
         layer.sparsity.setdefault(step, []).append(sparsity)
         if capturing:
@@ -292,7 +293,7 @@ class LiteAttentionRegistry(AbstractContextManager):
             if missing:
                 raise RuntimeError(f"module {name!r} was not called at step {missing[0]} (of {steps}); every module "
                                    f"must run at every step to be saved")
-            threshold = [_to_toml(layer.used[s]) for s in range(steps)]
+            threshold = [_to_toml(_as_entry(layer.used[s])) for s in range(steps)]
             sparsity = [_mean_float(layer.sparsity[s]) for s in range(steps)]
             tables[name] = ModuleTable(heads=layer.heads, head_dim=layer.head_dim, threshold=threshold,
                                        sparsity=sparsity)
@@ -374,7 +375,9 @@ def _scale(scale, query) -> float:
     return float(scale) if scale is not None else 1.0 / math.sqrt(query.shape[-1])
 
 
-def _as_entry(thresholds: torch.Tensor) -> StepEntry:
+def _as_entry(thresholds: torch.Tensor | str) -> StepEntry:
+    if isinstance(thresholds, str):
+        return thresholds
     values = [float(x) for x in thresholds.flatten().tolist()]
     if len(set(values)) == 1:
         return values[0]
