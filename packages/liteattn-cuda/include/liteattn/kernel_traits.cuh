@@ -45,7 +45,7 @@ struct KernelTraits {
   static constexpr int kNumMmaThreads = kNumMmaWarpgroups * 128;
   static constexpr int kNumThreads = kNumMmaThreads + 128;
   // Register split: the producer needs almost none, the consumers hold S (BN/2 fp32) and O (D/2 fp32) each.
-  static constexpr int kProducerRegs = 24;
+  static constexpr int kProducerRegs = 32;
   static constexpr int kConsumerRegs = kNumMmaWarpgroups == 2 ? 240 : 160;
 
   static_assert(kHeadDim % 64 == 0, "head dim must be a multiple of 64 (128-byte swizzle rows)");
@@ -100,9 +100,12 @@ struct KernelTraits {
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutV>> smem_v;
     alignas(16) uint32_t skip_words[kMaxSkipWords];
     alignas(16) uint32_t keep_words_producer[kMaxSkipWords];  // the producer's copy of this work tile's keep row
-    alignas(16) uint32_t keep_words_consumer[kMaxSkipWords];  // the consumers' copy  // this CTA's write_bits row while the loop runs
+    alignas(16) uint32_t keep_words_consumer[kMaxSkipWords];  // the consumers' copy
     alignas(16) cutlass::arch::ClusterTransactionBarrier barrier_q;  // Q landed (one phase per loaded tile)
-    cutlass::arch::ClusterBarrier barrier_q_empty;  // every consumer thread is done with Q (one phase per tile)
+    cutlass::arch::ClusterBarrier barrier_q_empty;  // every consumer thread is done with Q and work_tile (one phase
+                                                    // per work tile)
+    cutlass::arch::ClusterBarrier barrier_tile;  // the producer wrote work_tile (one phase per work tile)
+    int work_tile;  // the work tile the CTA runs next (past the last: no more)
     typename Pipeline::SharedStorage pipeline_k;
     typename Pipeline::SharedStorage pipeline_v;
   };
