@@ -45,8 +45,12 @@ struct KernelTraits {
   static constexpr int kNumMmaThreads = kNumMmaWarpgroups * 128;
   static constexpr int kNumThreads = kNumMmaThreads + 128;
   // Register split: the producer needs almost none, the consumers hold S (BN/2 fp32) and O (D/2 fp32) each.
-  static constexpr int kProducerRegs = 32;
+  static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = kNumMmaWarpgroups == 2 ? 240 : 160;
+  // setmaxnreg moves registers within what the CTA was launched with (65536 / threads, in steps of 8, per
+  // thread): consumers asking for more than the producer gave back would wait forever.
+  static_assert(128 * kProducerRegs + kNumMmaThreads * kConsumerRegs <= kNumThreads * (65536 / kNumThreads / 8 * 8),
+                "the register split exceeds the CTA's registers");
 
   static_assert(kHeadDim % 64 == 0, "head dim must be a multiple of 64 (128-byte swizzle rows)");
   static_assert(kBlockM % 64 == 0 && kBlockN % 16 == 0);

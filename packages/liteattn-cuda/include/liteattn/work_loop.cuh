@@ -46,12 +46,11 @@ CUTE_DEVICE void run_work_tiles(Params const& params, typename Traits::SharedSto
       shared.work_tile = tile;
       shared.barrier_tile.arrive();
       if (!scheduler.valid(tile)) break;
-      int const next = scheduler.next(tile);  // fetched now: its latency hides under this tile's loads
       KeptTileIterator tiles(stage_keep_row(params, tile, shared.keep_words_producer, 0, 1), params.num_k_tiles,
                              params.reverse);
       producer_load<Traits>(params, shared, scheduler.decode(tile), pipeline_k, pipeline_v, tiles, tiles.count(),
                             state);
-      tile = next;
+      tile = scheduler.next(tile);  // the fetch waits under the consumers' last GEMMs of this tile
     }
     return;
   }
