@@ -36,13 +36,14 @@ def load() -> str | None:
 
 
 GRID_ENV = "LITEATTN_CUDA_GRID"
-GRIDS = ("persistent", "per-tile")
+GRIDS = ("per-tile", "persistent")
 
 
 def grid_mode() -> str:
-    """$LITEATTN_CUDA_GRID: ``persistent`` (default: one CTA per SM, work tiles handed out in order as CTAs free
-    up, the next tile's loads overlapping the current one's epilogue) or ``per-tile`` (one CTA per work tile)."""
-    value = os.environ.get(GRID_ENV, "persistent").strip().lower() or "persistent"
+    """$LITEATTN_CUDA_GRID: ``per-tile`` (default: one CTA per work tile) or ``persistent`` (one CTA per SM, work
+    tiles handed out in order as CTAs free up, the next tile's loads overlapping the current one's epilogue). On
+    an H100 the two measured the same (bench/NOTES-cuda.md, fifth round)."""
+    value = os.environ.get(GRID_ENV, "per-tile").strip().lower() or "per-tile"
     if value not in GRIDS:
         raise ValueError(f"{GRID_ENV}={os.environ[GRID_ENV]!r}: expected one of {', '.join(GRIDS)}")
     return value
