@@ -1,8 +1,8 @@
 """A small multi-step sparse run for compute-sanitizer (memcheck, racecheck): odd lengths, GQA, an empty query
 tile, the skip test and tile gaps on, each step reading the bits the previous one wrote; the 16-bit kernel at
 head dims 128, 64, 256 and the INT8 Q/K kernel at 128 and 64; a last case has more work tiles than an SM count,
-so that with the persistent grid (the default; LITEATTN_CUDA_GRID=per-tile for the other) every CTA carries its
-K/V ring and Q barriers from one work tile to the next."""
+so that in a persistent build (LITEATTN_PERSISTENT=1) every CTA carries its K/V ring and Q barriers from one work
+tile to the next."""
 import math
 
 import torch

@@ -35,8 +35,7 @@ void check_bshd(Tensor const& t, char const* name, int64_t batch, int64_t heads_
 liteattn::FwdArgs make_fwd_args(Tensor const& q, Tensor const& k, Tensor const& v, Tensor& out, Tensor& lse,
                                 std::optional<Tensor> const& compute_bits, std::optional<Tensor> const& write_bits,
                                 std::optional<Tensor> const& thresholds, std::optional<Tensor> const& tile_gaps,
-                                std::optional<Tensor> const& tile_counter, double scale, int64_t block_m,
-                                int64_t block_n, bool reverse) {
+                                double scale, int64_t block_m, int64_t block_n, bool reverse) {
   int64_t const B = q.size(0), Sq = q.size(1), H = q.size(2), D = q.size(3);
   int64_t const Sk = k.size(1), Hkv = k.size(2);
   STD_TORCH_CHECK(v.size(1) == Sk && v.size(2) == Hkv, "v must have k's (B, Sk, Hkv)");
@@ -80,13 +79,6 @@ liteattn::FwdArgs make_fwd_args(Tensor const& q, Tensor const& k, Tensor const& 
                     ", ", KT, ")");
     gaps = static_cast<float*>(tg.data_ptr());
   }
-  int* counter = nullptr;
-  if (tile_counter.has_value()) {
-    Tensor const& tc = *tile_counter;
-    STD_TORCH_CHECK(tc.is_cuda() && tc.scalar_type() == ScalarType::Int && tc.numel() == 1,
-                    "tile_counter must be one int32 CUDA element (set to 0 before the call)");
-    counter = static_cast<int*>(tc.data_ptr());
-  }
   liteattn::FwdArgs args{};
   args.q = q.data_ptr();
   args.k = k.data_ptr();
@@ -97,7 +89,6 @@ liteattn::FwdArgs make_fwd_args(Tensor const& q, Tensor const& k, Tensor const& 
   args.write_bits = wbits;
   args.thresholds = thr;
   args.tile_gaps = gaps;
-  args.tile_counter = counter;
   for (int i = 0; i < 3; ++i) {
     args.q_stride[i] = q.stride(i);
     args.k_stride[i] = k.stride(i);
@@ -135,8 +126,7 @@ bool is_16bit(ScalarType t) { return t == ScalarType::BFloat16 || t == ScalarTyp
 
 void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, std::optional<Tensor> compute_bits,
          std::optional<Tensor> write_bits, std::optional<Tensor> thresholds, std::optional<Tensor> tile_gaps,
-         double scale, int64_t block_m, int64_t block_n, bool reverse, int64_t stream,
-         std::optional<Tensor> tile_counter) {
+         double scale, int64_t block_m, int64_t block_n, bool reverse, int64_t stream) {
   check_qkv_shapes(q, k);
   int64_t const B = q.size(0), D = q.size(3);
   STD_TORCH_CHECK(is_16bit(q.scalar_type()), "q must be float16 or bfloat16");
@@ -148,7 +138,7 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, std::optional<Ten
   check_bshd(v, "v", B, 1, D);
   check_bshd(out, "out", B, 1, D);
   liteattn::FwdArgs const args = make_fwd_args(q, k, v, out, lse, compute_bits, write_bits, thresholds, tile_gaps,
-                                               tile_counter, scale, block_m, block_n, reverse);
+                                               scale, block_m, block_n, reverse);
   check_launch(liteattn::fwd_sm90(args, reinterpret_cast<void*>(stream)), args);
 }
 
@@ -217,7 +207,7 @@ void quantize_qk(Tensor q, Tensor k, Tensor q8, Tensor k8, Tensor q_scale, Tenso
 void fwd_int8(Tensor q8, Tensor k8, Tensor v, Tensor out, Tensor lse, Tensor q_scale, Tensor k_scale,
               std::optional<Tensor> compute_bits, std::optional<Tensor> write_bits, std::optional<Tensor> thresholds,
               std::optional<Tensor> tile_gaps, double scale, int64_t block_m, int64_t block_n, bool reverse,
-              int64_t stream, std::optional<Tensor> tile_counter) {
+              int64_t stream) {
   check_qkv_shapes(q8, k8);
   int64_t const B = q8.size(0), Sq = q8.size(1), H = q8.size(2), D = q8.size(3);
   int64_t const Sk = k8.size(1), Hkv = k8.size(2);
@@ -233,7 +223,7 @@ void fwd_int8(Tensor q8, Tensor k8, Tensor v, Tensor out, Tensor lse, Tensor q_s
   check_scales(q_scale, "q_scale", B, H, (Sq + block_m - 1) / block_m);
   check_scales(k_scale, "k_scale", B, Hkv, (Sk + block_n - 1) / block_n);
   liteattn::FwdArgs const args = make_fwd_args(q8, k8, v, out, lse, compute_bits, write_bits, thresholds,
-                                               tile_gaps, tile_counter, scale, block_m, block_n, reverse);
+                                               tile_gaps, scale, block_m, block_n, reverse);
   liteattn::Int8Scales const scales{static_cast<float const*>(q_scale.data_ptr()),
                                     static_cast<float const*>(k_scale.data_ptr())};
   check_launch(liteattn::fwd_int8_sm90(args, scales, reinterpret_cast<void*>(stream)), args);
@@ -244,12 +234,12 @@ void fwd_int8(Tensor q8, Tensor k8, Tensor v, Tensor out, Tensor lse, Tensor q_s
 STABLE_TORCH_LIBRARY(liteattn_cuda, m) {
   m.def("fwd(Tensor q, Tensor k, Tensor v, Tensor(a!) out, Tensor(b!) lse, Tensor? compute_bits, Tensor(c!)? write_bits, "
         "Tensor? thresholds, Tensor(d!)? tile_gaps, float scale, "
-        "int block_m, int block_n, bool reverse, int stream, Tensor(e!)? tile_counter) -> ()");
+        "int block_m, int block_n, bool reverse, int stream) -> ()");
   m.def("quantize_qk(Tensor q, Tensor k, Tensor(a!) q8, Tensor(b!) k8, Tensor(c!) q_scale, Tensor(d!) k_scale, "
         "Tensor(e!) k_partial, int block_m, int block_n, int stream) -> ()");
   m.def("fwd_int8(Tensor q8, Tensor k8, Tensor v, Tensor(a!) out, Tensor(b!) lse, Tensor q_scale, Tensor k_scale, "
         "Tensor? compute_bits, Tensor(c!)? write_bits, Tensor? thresholds, Tensor(d!)? tile_gaps, float scale, "
-        "int block_m, int block_n, bool reverse, int stream, Tensor(e!)? tile_counter) -> ()");
+        "int block_m, int block_n, bool reverse, int stream) -> ()");
 }
 
 STABLE_TORCH_LIBRARY_IMPL(liteattn_cuda, CUDA, m) {

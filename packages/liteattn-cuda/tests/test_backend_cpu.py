@@ -137,14 +137,3 @@ def test_int8_head_dims_match_build():
 
     assert INT8_HEAD_DIMS == frozenset(build_kernels.INT8_HEAD_DIMS)
     assert HEAD_DIMS == frozenset(build_kernels.HEAD_DIMS)
-
-
-def test_grid_switch(monkeypatch):
-    monkeypatch.delenv(_ops.GRID_ENV, raising=False)
-    assert _ops.grid_mode() == "per-tile" and _ops.tile_counter(torch.device("cpu")) is None
-    monkeypatch.setenv(_ops.GRID_ENV, "Persistent")
-    counter = _ops.tile_counter(torch.device("cpu"))
-    assert _ops.grid_mode() == "persistent" and counter.dtype == torch.int32 and counter.tolist() == [0]
-    monkeypatch.setenv(_ops.GRID_ENV, "static")
-    with pytest.raises(ValueError, match="LITEATTN_CUDA_GRID='static'.*per-tile, persistent"):
-        _ops.grid_mode()

@@ -222,28 +222,3 @@ def test_int8_unsupported_head_dim_reason():
     call = AttentionCall(q, q, q, 1 / 16, torch.zeros(2, device="cuda"), 128, 64, use_int8=True)
     reason = CudaBackend().unsupported_reason(call)
     assert reason is not None and "int8" in reason
-
-
-@pytest.mark.parametrize("use_int8", [False, True], ids=["bf16", "int8"])
-def test_persistent_grid_equals_one_cta_per_tile(monkeypatch, use_int8):
-    """The persistent grid (CTAs taking work tiles from a counter) computes and writes exactly what one CTA per
-    work tile does, with several tiles per CTA, rows that keep nothing, the skip test and tile gaps on."""
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    B, Sq, Sk, H, Hkv, D = 2, 2000, 2100, 8, 2, 128
-    case = (B, Sq, Sk, H, Hkv, D, torch.bfloat16, 0.6, True)
-    backend, q, k, v, keep, bits = _skip_case(case, seed=5)
-    keep[1, 3] = False  # a whole head of empty rows
-    bits = pack_keep_mask(keep).cuda()
-    bm, bn = default_tile_shape(D)
-    assert B * H * -(-Sq // bm) > sms  # every CTA of the persistent grid runs more than one tile
-    results = {}
-    for grid in ("persistent", "per-tile"):
-        monkeypatch.setenv("LITEATTN_CUDA_GRID", grid)
-        written = torch.full_like(bits, 0x5A5A5A5A)
-        gaps = torch.empty(B, H, keep.shape[2], keep.shape[3], device="cuda")
-        call = AttentionCall(q, k, v, 1 / math.sqrt(D), torch.full((H,), -2.0, device="cuda"), bm, bn, bits, written,
-                             True, use_int8, gaps)
-        out, lse = backend.forward(call)
-        results[grid] = (out, lse, written, gaps)
-    for a, b in zip(results["persistent"], results["per-tile"]):
-        assert torch.equal(a, b)

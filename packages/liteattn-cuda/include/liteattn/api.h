@@ -18,8 +18,6 @@ struct FwdArgs {
   int32_t* write_bits;           // (B, H, QT, W), contiguous, or nullptr = no skip test
   float const* thresholds;       // (H,) log2 units; read only with write_bits
   float* tile_gaps;              // (B, H, QT, KT), contiguous, pre-filled with -inf, or nullptr
-  int* tile_counter;             // one int32 set to 0 before the launch: a persistent grid that hands out work
-                                 // tiles in order as CTAs free up; nullptr: one CTA per work tile
   int64_t q_stride[3];
   int64_t k_stride[3];
   int64_t v_stride[3];

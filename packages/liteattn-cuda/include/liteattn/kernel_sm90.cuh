@@ -22,7 +22,6 @@ struct KernelParams {
   int32_t* write_bits;          // (B, H, QT, W) or nullptr
   float const* thresholds;      // (H,), log2 units
   float* tile_gaps;             // (B, H, QT, KT), pre-filled with -inf, or nullptr
-  int* tile_counter;            // work tiles handed out after each CTA's first, or nullptr (one CTA per tile)
   int seqlen_q, seqlen_k, num_heads, head_ratio;
   int num_q_tiles, num_k_tiles, num_words;
   int num_work_tiles;  // B * H * QT

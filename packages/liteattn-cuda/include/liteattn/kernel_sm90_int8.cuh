@@ -22,7 +22,6 @@ struct KernelParamsInt8 {
   int32_t* write_bits;          // (B, H, QT, W) or nullptr
   float const* thresholds;      // (H,), log2 units
   float* tile_gaps;             // (B, H, QT, KT), pre-filled with -inf, or nullptr
-  int* tile_counter;            // work tiles handed out after each CTA's first, or nullptr (one CTA per tile)
   float const* q_scale;         // (B, H, QT)
   float const* k_scale;         // (B, Hkv, KT)
   int seqlen_q, seqlen_k, num_heads, head_ratio;

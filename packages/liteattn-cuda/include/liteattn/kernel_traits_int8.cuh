@@ -30,10 +30,6 @@ struct KernelTraitsInt8 {
   static constexpr int kNumThreads = kNumMmaThreads + 128;
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = kNumMmaWarpgroups == 2 ? 240 : 160;
-  // setmaxnreg moves registers within what the CTA was launched with (65536 / threads, in steps of 8, per
-  // thread): consumers asking for more than the producer gave back would wait forever.
-  static_assert(128 * kProducerRegs + kNumMmaThreads * kConsumerRegs <= kNumThreads * (65536 / kNumThreads / 8 * 8),
-                "the register split exceeds the CTA's registers");
 
   static_assert(kHeadDim % 64 == 0, "head dim must be a multiple of 64");
   static_assert(kBlockM % 64 == 0 && kBlockN % 16 == 0);
@@ -93,10 +89,7 @@ struct KernelTraitsInt8 {
     alignas(16) uint32_t keep_words_producer[kMaxSkipWords];  // the producer's copy of this work tile's keep row
     alignas(16) uint32_t keep_words_consumer[kMaxSkipWords];  // the consumers' copy
     alignas(16) cutlass::arch::ClusterTransactionBarrier barrier_q;  // Q landed (one phase per loaded tile)
-    cutlass::arch::ClusterBarrier barrier_q_empty;  // every consumer thread is done with Q and work_tile (one phase
-                                                    // per work tile)
-    cutlass::arch::ClusterBarrier barrier_tile;  // the producer wrote work_tile (one phase per work tile)
-    int work_tile;  // the work tile the CTA runs next (past the last: no more)
+    cutlass::arch::ClusterBarrier barrier_q_empty;  // every consumer thread is done with Q (one phase per tile)
     typename Pipeline::SharedStorage pipeline_k;
     typename Pipeline::SharedStorage pipeline_v;
   };

@@ -35,7 +35,6 @@ int run_fwd_hdim(FwdArgs const& args, cudaStream_t stream) {
       args.write_bits,
       args.thresholds,
       args.tile_gaps,
-      args.tile_counter,
       args.seqlen_q, args.seqlen_k, args.num_heads, args.num_heads / args.num_heads_kv,
       (args.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM,
       (args.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN,
@@ -53,7 +52,7 @@ int run_fwd_hdim(FwdArgs const& args, cudaStream_t stream) {
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return int(err);
   if (params.num_work_tiles == 0) return 0;
-  int const grid = work_grid_size(params.num_work_tiles, args.tile_counter != nullptr);
+  int const grid = work_grid_size(params.num_work_tiles);
   if (grid < 0) return -grid;
   kernel<<<grid, Traits::kNumThreads, smem, stream>>>(params);
   return int(cudaGetLastError());

@@ -13,26 +13,20 @@ struct WorkTile {
   int batch;
 };
 
-// Work tiles: one (query tile, head, batch) each, numbered like the rows of the keep bitmask ((b * H + h) * QT + m),
-// query tile fastest, so that the CTAs running at any moment share a few K/V heads and hit L2.
-//
-// Two grids. Without a counter, one CTA per work tile, which the hardware hands to SMs as they free up. With a
-// counter (a zeroed int32), a persistent grid of one CTA per SM: CTA i starts on tile i and its producer thread
-// fetches each further tile from the counter as it starts the one before (in order, whichever CTA is free
-// first takes the next), so the next tile's Q and K/V loads overlap the current tile's last GEMMs and its
-// epilogue, and rows with few kept tiles never leave an SM idle while others wait. A static assignment
-// (tile = i + j x gridDim.x) cost 5-10% to imbalance on skewed keep masks (bench/NOTES-cuda.md, v8).
+// A CTA walks the work tiles blockIdx.x, blockIdx.x + gridDim.x, ... A work tile is one (query tile, head,
+// batch), numbered like the rows of the keep bitmask ((b * H + h) * QT + m), query tile fastest, so that the CTAs
+// running at any moment share a few K/V heads and hit L2. The default grid has one CTA per work tile, which the
+// hardware hands to SMs as they free up: rows with few kept tiles never hold an SM while others wait. With
+// LITEATTN_PERSISTENT=1 the grid is one CTA per SM, each carrying its K/V ring and Q barriers across its tiles
+// (the producer loads the next Q and K/V during the epilogue); the static assignment then costs 5-10% to
+// imbalance between SMs on skewed keep masks (bench/NOTES-cuda.md, v8).
 struct WorkTileScheduler {
   int num_tiles;  // B * H * QT
   int num_q_tiles;
   int num_heads;
-  int* counter;   // nullptr: one CTA per work tile
 
   CUTE_DEVICE int first() const { return int(blockIdx.x); }
-  // The producer thread only: the tile after `tile` (past the last when there is none).
-  CUTE_DEVICE int next(int tile) const {
-    return counter == nullptr ? tile + int(gridDim.x) : atomicAdd(counter, 1) + int(gridDim.x);
-  }
+  CUTE_DEVICE int next(int tile) const { return tile + int(gridDim.x); }
   CUTE_DEVICE bool valid(int tile) const { return tile < num_tiles; }
   CUTE_DEVICE WorkTile decode(int tile) const {
     int const rest = tile / num_q_tiles;
@@ -40,10 +34,14 @@ struct WorkTileScheduler {
   }
 };
 
+#ifndef LITEATTN_PERSISTENT
+#define LITEATTN_PERSISTENT 0
+#endif
+
 // One CTA per work tile, or (persistent) one resident CTA per SM (a CTA takes most of an SM's shared memory),
 // never more CTAs than work tiles. Returns the grid size, or minus a cudaError_t value.
-inline int work_grid_size(int num_work_tiles, bool persistent) {
-  if (!persistent) return num_work_tiles;
+inline int work_grid_size(int num_work_tiles) {
+  if (!LITEATTN_PERSISTENT) return num_work_tiles;
   int device = 0, sms = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);

@@ -1,6 +1,6 @@
-// The CTA body shared by the 16-bit and INT8 kernels: barrier set-up, the walk over this CTA's work tiles
-// (WorkTileScheduler) by the producer thread and by the consumer warpgroups, and per work tile the skip-test
-// writer, the key loop (a kernel-specific callable) and the epilogue.
+// The persistent CTA body shared by the 16-bit and INT8 kernels: barrier set-up, the walk over this CTA's work
+// tiles (WorkTileScheduler) by the producer thread and by the consumer warpgroups, and per work tile the
+// skip-test writer, the key loop (a kernel-specific callable) and the epilogue.
 #pragma once
 
 #include "tile_scheduler.cuh"
@@ -25,32 +25,21 @@ CUTE_DEVICE uint32_t const* stage_keep_row(Params const& params, int tile, uint3
 
 // `key_loop(work, tile, tiles, thread_idx, tOrO, softmax, skip, state, q_round)` runs the consumers' key loop of
 // one work tile with at least one kept key tile.
-//
-// The producer thread decides the CTA's work tiles (WorkTileScheduler) and hands each to the consumers through
-// shared memory: round r writes work_tile and completes phase r of barrier_tile; the consumers read it and, once
-// done with the tile's Q (after its last QK^T, or at once when the tile loads nothing), complete phase r of
-// barrier_q_empty, which the producer waits for before round r + 1 overwrites work_tile and Q. The round past
-// the last tile hands out an invalid tile: every role stops.
 template <class Traits, class Params, class KeyLoop>
 CUTE_DEVICE void run_work_tiles(Params const& params, typename Traits::SharedStorage& shared,
                                 typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
                                 KeyLoop&& key_loop) {
-  WorkTileScheduler const scheduler{params.num_work_tiles, params.num_q_tiles, params.num_heads, params.tile_counter};
+  WorkTileScheduler const scheduler{params.num_work_tiles, params.num_q_tiles, params.num_heads};
   if (cutlass::canonical_warp_group_idx() == 0) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
     if (threadIdx.x != 0) return;
     auto state = cutlass::make_producer_start_state<typename Traits::Pipeline>();
-    int tile = scheduler.first();
-    for (int round = 0;; ++round) {
-      if (round > 0) shared.barrier_q_empty.wait((round - 1) & 1);
-      shared.work_tile = tile;
-      shared.barrier_tile.arrive();
-      if (!scheduler.valid(tile)) break;
+    int q_round = 0;
+    for (int tile = scheduler.first(); scheduler.valid(tile); tile = scheduler.next(tile)) {
       KeptTileIterator tiles(stage_keep_row(params, tile, shared.keep_words_producer, 0, 1), params.num_k_tiles,
                              params.reverse);
-      producer_load<Traits>(params, shared, scheduler.decode(tile), pipeline_k, pipeline_v, tiles, tiles.count(),
-                            state);
-      tile = scheduler.next(tile);  // the fetch waits under the consumers' last GEMMs of this tile
+      q_round += producer_load<Traits>(params, shared, scheduler.decode(tile), pipeline_k, pipeline_v, tiles,
+                                       tiles.count(), state, q_round);
     }
     return;
   }
@@ -58,11 +47,8 @@ CUTE_DEVICE void run_work_tiles(Params const& params, typename Traits::SharedSto
   cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
   int const thread_idx = threadIdx.x - 128;
   typename Traits::PipelineState state;  // consumer side starts at phase 0
-  int q_round = 0;  // tiles whose Q was loaded before this one
-  for (int round = 0;; ++round) {
-    shared.barrier_tile.wait(round & 1);
-    int const tile = shared.work_tile;
-    if (!scheduler.valid(tile)) break;
+  int q_round = 0;
+  for (int tile = scheduler.first(); scheduler.valid(tile); tile = scheduler.next(tile)) {
     WorkTile const work = scheduler.decode(tile);
     if (params.compute_bits != nullptr) consumer_sync<Traits::kNumMmaThreads>();  // previous row fully read
     uint32_t const* row = stage_keep_row(params, tile, shared.keep_words_consumer, thread_idx, Traits::kNumMmaThreads);
@@ -86,18 +72,15 @@ CUTE_DEVICE void run_work_tiles(Params const& params, typename Traits::SharedSto
         params.tile_gaps == nullptr ? nullptr : params.tile_gaps + int64_t(tile) * params.num_k_tiles};
     skip.begin(thread_idx);
     if (num_kept > 0) {
-      key_loop(work, tile, tiles, thread_idx, tOrO, softmax, skip, state, q_round);  // releases Q at its end
+      key_loop(work, tile, tiles, thread_idx, tOrO, softmax, skip, state, q_round);
       ++q_round;
-    } else {
-      shared.barrier_q_empty.arrive();  // no Q was loaded: the producer may go on at once
     }
     skip.end(thread_idx);
     epilogue_store<Traits>(params, work, thread_idx, tOrO, softmax);
   }
 }
 
-// Barrier set-up of both kernels: Q-landed (one producer arrival + Q's bytes), Q-released (every consumer thread),
-// work tile handed out (one producer arrival).
+// Barrier set-up of both kernels: Q-landed (one producer arrival + Q's bytes), Q-released (every consumer thread).
 template <class Traits, class Params>
 CUTE_DEVICE void init_q_barriers(Params const& params, typename Traits::SharedStorage& shared) {
   if (cutlass::canonical_warp_idx_sync() == 0 && cute::elect_one_sync()) {
@@ -106,7 +89,6 @@ CUTE_DEVICE void init_q_barriers(Params const& params, typename Traits::SharedSt
     cute::prefetch_tma_descriptor(params.tma_v.get_tma_descriptor());
     shared.barrier_q.init(1);
     shared.barrier_q_empty.init(Traits::kNumMmaThreads);
-    shared.barrier_tile.init(1);
   }
 }
 

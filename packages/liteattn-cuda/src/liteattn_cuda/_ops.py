@@ -35,28 +35,6 @@ def load() -> str | None:
     return None if _loaded else _load_error
 
 
-GRID_ENV = "LITEATTN_CUDA_GRID"
-GRIDS = ("per-tile", "persistent")
-
-
-def grid_mode() -> str:
-    """$LITEATTN_CUDA_GRID: ``per-tile`` (default: one CTA per work tile) or ``persistent`` (one CTA per SM, work
-    tiles handed out in order as CTAs free up, the next tile's loads overlapping the current one's epilogue). On
-    an H100 the two measured the same (bench/NOTES-cuda.md, fifth round)."""
-    value = os.environ.get(GRID_ENV, "per-tile").strip().lower() or "per-tile"
-    if value not in GRIDS:
-        raise ValueError(f"{GRID_ENV}={os.environ[GRID_ENV]!r}: expected one of {', '.join(GRIDS)}")
-    return value
-
-
-def tile_counter(device: torch.device) -> torch.Tensor | None:
-    """The zeroed int32 a persistent grid hands out its work tiles from (one per call, on the call's stream), or
-    None for one CTA per work tile."""
-    if grid_mode() == "per-tile":
-        return None
-    return torch.zeros(1, dtype=torch.int32, device=device)
-
-
 def fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
         compute_bits: torch.Tensor | None, scale: float, block_m: int, block_n: int, reverse: bool,
         write_bits: torch.Tensor | None = None, thresholds: torch.Tensor | None = None,
@@ -70,8 +48,7 @@ def fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, ls
     with torch.cuda.device(q.device):
         stream = torch.cuda.current_stream(q.device).cuda_stream
         torch.ops.liteattn_cuda.fwd(q, k, v, out, lse, compute_bits, write_bits, thresholds, tile_gaps,
-                                    float(scale), int(block_m), int(block_n), bool(reverse), int(stream),
-                                    tile_counter(q.device))
+                                    float(scale), int(block_m), int(block_n), bool(reverse), int(stream))
 
 
 QUANT_SUM_ROWS = 1024  # kQuantSumRows in include/liteattn/api.h: rows per chunk of K's channel-mean pass
@@ -110,4 +87,4 @@ def fwd_int8(q8: torch.Tensor, k8: torch.Tensor, v: torch.Tensor, out: torch.Ten
         stream = torch.cuda.current_stream(v.device).cuda_stream
         torch.ops.liteattn_cuda.fwd_int8(q8, k8, v, out, lse, q_scale, k_scale, compute_bits, write_bits, thresholds,
                                          tile_gaps, float(scale), int(block_m), int(block_n), bool(reverse),
-                                         int(stream), tile_counter(v.device))
+                                         int(stream))
