@@ -193,3 +193,8 @@ def test_warm_start_off():
         calls = []
         bisect_thresholds(lambda t, calls=calls: calls.append(t.clone()) or step_error(t), 1, config, start=start)
         assert calls[0].shape == (2, 1)
+
+
+def test_warm_start_of_the_wrong_length_is_refused():
+    with pytest.raises(ValueError, match=r"start must hold one threshold or one per head \(3\); got 2"):
+        bisect_thresholds(step_error, 3, CalibConfig(), start=torch.tensor([-7.0, -6.0]))

@@ -97,7 +97,10 @@ def first_round_points(config: CalibConfig, heads: int, device, start: torch.Ten
     if start is None or not config.warm_start or cell is None:
         return torch.stack([lower, upper]), span
     cells = round(span / cell)
-    centre = torch.as_tensor(start, dtype=torch.float32).to(device).flatten().expand(heads)
+    centre = torch.as_tensor(start, dtype=torch.float32).to(device).flatten()
+    if centre.numel() not in (1, heads):
+        raise ValueError(f"start must hold one threshold or one per head ({heads}); got {centre.numel()}")
+    centre = centre.expand(heads)
     centre = centre.nan_to_num(nan=config.lower).clamp(config.lower, config.upper)  # -inf -> lower
     index = ((centre - config.lower) / cell).round().clamp(1, cells - 1)  # the grid point nearest the centre
     window_lo = config.lower + (index - 1) * cell
@@ -108,9 +111,9 @@ def _warm_cell(config: CalibConfig) -> float | None:
     """The grid cell of the warm window: (upper - lower) / 2^m for the largest m whose two cells still span
     ``warm_window``; None when that is the whole range (no round to save) or with several candidates per round
     (their points do not lie on the halving grid)."""
-    span = config.upper - config.lower
-    if config.candidates_per_round != 1 or config.warm_window >= span:
+    if config.candidates_per_round != 1:
         return None
+    span = config.upper - config.lower
     level = math.floor(math.log2(2 * span / config.warm_window))
     return span / 2**level if level >= 2 else None
 

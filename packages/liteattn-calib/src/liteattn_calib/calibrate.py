@@ -7,7 +7,8 @@ attention that reads the keep bits the call would write at that threshold, as th
 When the backend reports tile gaps (:func:`liteattn.functional.probe_tile_gaps`), the one full call that gives
 A also gives every candidate's keep bits, and B costs one call per bisection round
 (:meth:`liteattn.functional.TileGapProbe.lookahead`, prepared once per call: a round launches a few kernels
-besides the attention, and the errors stay on the device); the two endpoints share the first round's call.
+besides the attention, and the errors stay on the device); the first round's points (both endpoints, and the
+warm start's window) share one call.
 The full call is also the call at the chosen thresholds: its output is A, and its written bits are the
 chosen thresholds' keep bits, so committing it costs no further call. Otherwise each candidate costs two calls
 (write the candidate's bits on a scratch copy of the state, then B; the first of them also gives A), and the
@@ -43,12 +44,12 @@ __all__ = ["CallResult", "calibrate_call", "sample_query_tiles", "scratch_copy"]
 class CallResult:
     thresholds: torch.Tensor  # float32 (H,), on the query's device (the CPU when candidates run as calls)
     errors: torch.Tensor  # float64 (H,), at the chosen thresholds, on the same device
-    evaluations: int  # candidates evaluated (bisection iterations, both endpoints included)
+    evaluations: int  # candidates evaluated (bisection iterations, the first round's points included)
     # The call at the chosen thresholds, with ``commit=True`` only (None otherwise):
     out: torch.Tensor | None = None  # (B, Sq, H, Dv)
     lse: torch.Tensor | None = None  # (B, H, Sq) float32
     sparsity: torch.Tensor | float | None = None
-    rounds: int = 0  # bisection rounds; with tile gaps, one sampled attention call each (the endpoints share one)
+    rounds: int = 0  # bisection rounds; with tile gaps, one sampled attention call each
 
 
 def scratch_copy(state: SkipState) -> SkipState:
@@ -93,8 +94,8 @@ def calibrate_call(
 
 def _from_gaps(probe, state: SkipState, config: CalibConfig, commit: bool, round_graphs: RoundGraphs,
                start: torch.Tensor | None) -> CallResult:
-    """A is ``probe.out``; a candidate's bits are read off the gaps, and every round of the bisection (the two
-    endpoints, then each halving) is one sampled call of the probe's lookahead, measured on the device."""
+    """A is ``probe.out``; a candidate's bits are read off the gaps, and every round of the bisection (the first
+    round's points, then each halving) is one sampled call of the probe's lookahead, measured on the device."""
     lookahead = probe.lookahead(sample_query_tiles(state.q_tiles, config.sample_query_tiles))
     # (C, H) -> errors (C, H), on the query's device
     evaluate = LookaheadErrors(lookahead, ErrorMeter(config.metric, lookahead.reference))

@@ -23,16 +23,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from .backend import AttentionCall
-from .skip_state import check_query_tiles, unpack_keep_mask
+from .skip_state import _BIT_WEIGHTS, check_query_tiles, unpack_keep_mask
 from .tiles import num_tiles, tile_rows
 
 if TYPE_CHECKING:
     from .functional import TileGapProbe
 
 __all__ = ["Lookahead"]
-
-# Bit j of a word weighs 2^j, bit 31 is the sign: the sum of distinct weights never leaves int32.
-_BIT_WEIGHTS = torch.tensor([1 << i for i in range(31)] + [-(1 << 31)], dtype=torch.int32)
 
 
 class Lookahead:
@@ -70,7 +67,7 @@ class Lookahead:
                                        value=-math.inf)
         self.heads = gaps.shape[1]
         self._gaps = gaps.unflatten(-1, (words, 32)).unsqueeze(2)  # (B, H, 1, q_tiles, words, 32)
-        self._weights = _BIT_WEIGHTS.to(gaps.device)
+        self._weights = _BIT_WEIGHTS.to(device=gaps.device, dtype=torch.int32)
         self._backend = probe.backend
         # The next call visits key tiles the other way; B only reads bits, so it writes none and reports no gaps.
         self._base = replace(call, q=query, compute_bits=None, write_bits=None, tile_gaps=None,

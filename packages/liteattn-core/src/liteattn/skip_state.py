@@ -32,6 +32,7 @@ from .tiles import default_tile_shape, num_tiles, tile_rows
 
 __all__ = ["SkipState", "ShapeKey", "check_query_tiles", "pack_keep_mask", "unpack_keep_mask"]
 
+# Bit j of a word weighs 2^j, bit 31 -2^31: a sum of distinct weights is the word as an int32.
 _BIT_WEIGHTS = torch.tensor([1 << i for i in range(31)] + [-(1 << 31)], dtype=torch.int64)
 
 
