@@ -4,13 +4,16 @@
 
 Each step feeds that step's Q/K/V (``liteattn.testing.video_qkv``, sharpening as the steps go) through one
 ``LiteAttention``-style skip state. Per step it records the call's time (median of three runs on copies of the
-state), the time of a dense call (no state) on the same inputs, timed right next to it, the fraction of tiles
-the call skipped, and the sparsity the reference backend's own trajectory reaches at that step
-(``--reference``). The summary compares the total time with sum_t (1 - s_t) x dense_t, the ideal where skipped
-tiles cost nothing and kept ones cost what they cost in a dense call. The dense call is timed per step because
+state), the time of a dense call (no state) on the same inputs, timed right next to it, the time of the backend
+reading a keep bitmask that keeps every tile, skip test on (``all_kept``: the skip-state kernel at zero sparsity,
+which may use narrower tiles than a dense call), the fraction of tiles the call skipped, and the sparsity the
+reference backend's own trajectory reaches at that step (``--reference``). The summary compares the total time
+with sum_t (1 - s_t) x dense_t, the ideal where skipped tiles cost nothing and kept ones cost what they cost in a
+dense call. The dense call is timed per step because
 its time moves with the inputs and with the GPU's clock over a run (on an H100, by up to ~10% between a cool
 GPU's first calls and the same calls a few seconds into the run); ``dense_ms``, one dense time taken before
-the run, and the ratio against it are reported as well.
+the run, and the ratio against it are reported as well, and so is the ratio against sum_t (1 - s_t) x
+all_kept_t, which leaves out what a dense call gains from its own geometry.
 
 A call's time is taken two ways: ``ms``, three calls enqueued back to back between two CUDA events, divided by
 three (what a call costs inside a model, where the host prepares the next call while the GPU runs this one),
@@ -30,7 +33,10 @@ import statistics
 import torch
 
 import liteattn
+from liteattn.backend import AttentionCall
+from liteattn.dispatch import get_backend
 from liteattn.functional import run_attention
+from liteattn.skip_state import pack_keep_mask
 from liteattn.testing import video_qkv
 
 
@@ -69,26 +75,38 @@ def timed_back_to_back(runs) -> float:
     return start.elapsed_time(end) / len(runs)
 
 
+def all_kept_call(q, k, v, threshold: float) -> AttentionCall:
+    """A backend call that reads a keep bitmask keeping every tile and writes the next one (skip test on)."""
+    (batch, q_len, heads, head_dim), k_len = q.shape, k.shape[1]
+    block_m, block_n = liteattn.default_tile_shape(head_dim)
+    keep = torch.ones(batch, heads, -(-q_len // block_m), -(-k_len // block_n), dtype=torch.bool)
+    bits = pack_keep_mask(keep).to(q.device)
+    thresholds = torch.full((heads,), threshold, dtype=torch.float32, device=q.device)
+    return AttentionCall(q, k, v, head_dim ** -0.5, thresholds, block_m, block_n, bits, torch.empty_like(bits))
+
+
 def trajectory(backend, inputs, threshold, *, time_calls: bool, row_counts: list | None = None):
     """Run every step through one skip state; per step (sparsity skipped by the call, ms, ms isolated, dense ms
-    on the same inputs), the times None without ``time_calls``."""
+    on the same inputs, ms with every tile kept), the times None without ``time_calls``."""
     state, rows = liteattn.SkipState(), []
     kwargs = dict(threshold=threshold, scale=None, must_do_list=None, must_skip_list=None, use_int8=False,
                   backend=backend)
     for q, k, v in inputs:
-        ms = isolated = dense = None
+        ms = isolated = dense = all_kept = None
         if time_calls:  # copies made before the clock starts: each timed call reads the same state
             runs = [lambda q=q, k=k, v=v, c=c: run_attention(q, k, v, c, **kwargs)
                     for c in [state.clone() for _ in range(3)]]
             ms = timed_back_to_back(runs)
             dense = timed_back_to_back([lambda q=q, k=k, v=v: liteattn.lite_attention(q, k, v, backend=backend)] * 3)
+            call = all_kept_call(q, k, v, threshold)
+            all_kept = timed_back_to_back([lambda c=call: get_backend(backend).forward(c)] * 3)
             runs = [lambda q=q, k=k, v=v, c=c: run_attention(q, k, v, c, **kwargs)
                     for c in [state.clone() for _ in range(3)]]
             isolated = timed(runs)
         if row_counts is not None:
             row_counts.append(state.keep_mask().sum(-1).cpu().numpy() if state.shape_key else None)
         _, _, skipped = run_attention(q, k, v, state, **kwargs)
-        rows.append((float(skipped), ms, isolated, dense))
+        rows.append((float(skipped), ms, isolated, dense, all_kept))
     return rows
 
 
@@ -131,22 +149,25 @@ def main() -> int:
     total = sum(row[1] for row in ours)
     total_isolated = sum(row[2] for row in ours)
     total_dense = sum(row[3] for row in ours)
-    ideal = sum((1 - s) * dense for s, _, _, dense in ours)
+    ideal = sum((1 - s) * dense for s, _, _, dense, _ in ours)
+    ideal_all_kept = sum((1 - s) * all_kept for s, _, _, _, all_kept in ours)
     ideal_one_dense = sum((1 - row[0]) * dense_ms for row in ours)
     steps = []
-    for t, (s, ms, isolated, dense) in enumerate(ours):
+    for t, (s, ms, isolated, dense, all_kept) in enumerate(ours):
         row = {"step": t, "sparsity": s, "ms": ms, "ms_isolated": isolated, "dense_ms": dense,
-               "ideal_ms": (1 - s) * dense}
+               "ideal_ms": (1 - s) * dense, "all_kept_ms": all_kept}
         if reference is not None:
             row["reference_sparsity"] = reference[t]
         steps.append(row)
         ref = f"  reference {reference[t]:.4f} ({100 * (s - reference[t]):+.2f} pp)" if reference else ""
         print(f"step {t:2d}  sparsity {s:.4f}  {ms:8.3f} ms ({isolated:8.3f} isolated)  dense {dense:8.3f} ms  "
-              f"ideal {(1 - s) * dense:8.3f} ms  ratio {ms / ((1 - s) * dense):5.3f}{ref}", flush=True)
+              f"ideal {(1 - s) * dense:8.3f} ms  ratio {ms / ((1 - s) * dense):5.3f}  all kept {all_kept:8.3f} ms{ref}",
+              flush=True)
     summary = {"dense_ms": dense_ms, "total_ms": total, "ideal_ms": ideal, "total_over_ideal": total / ideal,
                "speedup_over_dense": total_dense / total, "total_isolated_ms": total_isolated,
                "isolated_over_ideal": total_isolated / ideal, "dense_per_step_total_ms": total_dense,
-               "ideal_one_dense_ms": ideal_one_dense, "total_over_ideal_one_dense": total / ideal_one_dense}
+               "ideal_one_dense_ms": ideal_one_dense, "total_over_ideal_one_dense": total / ideal_one_dense,
+               "ideal_all_kept_ms": ideal_all_kept, "total_over_ideal_all_kept": total / ideal_all_kept}
     if reference is not None:
         summary["max_sparsity_gap_pp"] = max(abs(a["sparsity"] - a["reference_sparsity"]) for a in steps) * 100
     print(json.dumps(summary))

@@ -59,6 +59,9 @@ def parity():
         (1, 1, 5, 2, 1, 128, torch.bfloat16, None, False, False),
         (3, 239, 113, 8, 8, 64, torch.bfloat16, 0.0, True, False),
         (1, 8192, 8192, 2, 1, 128, torch.float16, 0.9, False, False),
+        # Dense calls at head dims with a dense geometry of their own: odd lengths, GQA, batch 2.
+        (2, 1000, 1717, 6, 2, 128, torch.float16, None, True, False),
+        (2, 777, 2049, 4, 2, 64, torch.bfloat16, None, False, False),
     ]
     for i, (B, Sq, Sk, H, Hkv, D, dt, sp, rev, empty) in enumerate(cases):
         rec = {"case": [B, Sq, Sk, H, Hkv, D, str(dt), sp, rev, empty]}
@@ -200,6 +203,9 @@ def table():
     for row in RESULTS["timing"]:
         d = row["cuda_dense"]["ms"]
         parts = [f"{row['shape']}: dense {d:.2f} ms {row['cuda_dense']['tflops']:.0f} TF/s"]
+        if "cuda_s0" in row:  # the skip-state kernel with every tile kept, and its skip test on top
+            s0 = row["cuda_s0"]["ms"]
+            parts.append(f"s0 / dense {s0 / d:.3f}, skip test / s0 {row['cuda_dense_skiptest']['ms'] / s0:.3f}")
         if "fa3" in row:
             parts.append(f"fa3 {row['fa3']['ms']:.2f} ({row['fa3']['ms'] / d:.3f}x)")
         if "cudnn" in row:

@@ -1,6 +1,7 @@
 """A small multi-step sparse run for compute-sanitizer (memcheck, racecheck): odd lengths, GQA, an empty query
 tile, the skip test and tile gaps on, each step reading the bits the previous one wrote; the 16-bit kernel at
-head dims 128, 64, 256 and the INT8 Q/K kernel at 128 and 64; a last case has more work tiles than an SM count,
+head dims 128, 64, 256 and the INT8 Q/K kernel at 128 and 64; each 16-bit case ends with a dense call (no skip
+state: the dense geometry where a head dim has one); a last case has more work tiles than an SM count,
 so that in a persistent build (LITEATTN_PERSISTENT=1) every CTA carries its K/V ring and Q barriers from one work
 tile to the next."""
 import math
@@ -39,5 +40,7 @@ for D, dt, int8, B in cases:
         else:
             _ops.fwd(q, k, v, out, lse, bits, 1 / math.sqrt(D), 128, bn, step % 2 == 1, wbits, thresholds, gaps)
         bits = wbits
+    if not int8:
+        _ops.fwd(q, k, v, out, lse, None, 1 / math.sqrt(D), 128, bn, False)
     torch.cuda.synchronize()
     print("sanitizer case ok", D, dt, "int8" if int8 else "16-bit", "batch", B, bool(torch.isfinite(out).all()))

@@ -26,6 +26,10 @@ CASES = [  # (B, Sq, Sk, H, Hkv, D, dtype, sparsity or None, reverse)
     (2, 113, 777, 4, 4, 64, torch.float16, 0.5, True),
     (1, 1500, 1100, 4, 2, 256, torch.bfloat16, 0.5, False),
     (1, 1, 5, 2, 1, 256, torch.float16, None, True),
+    # Dense calls (no skip state) run the dense geometry: 176-key tiles at D=128, 192-row tiles at D=64.
+    (2, 1000, 1717, 6, 2, 128, torch.bfloat16, None, True),
+    (1, 1, 5, 2, 1, 128, torch.float16, None, False),
+    (2, 777, 2049, 4, 2, 64, torch.bfloat16, None, False),
 ]
 
 

@@ -54,7 +54,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   __syncthreads();
 
   run_work_tiles<Traits>(params, shared, pipeline_k, pipeline_v,
-                         [&](WorkTile const& work, int tile, KeptTileIterator tiles, int thread_idx, auto& tOrO,
+                         [&](WorkTile const& work, int tile, auto tiles, int thread_idx, auto& tOrO,
                              auto& softmax, auto const& skip, auto& state, int q_round) {
                            float const q_scale = __ldg(params.q_scale + tile);
                            int const head_kv = work.head / params.head_ratio;

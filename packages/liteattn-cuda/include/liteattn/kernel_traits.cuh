@@ -31,10 +31,12 @@ namespace liteattn {
 
 using namespace cute;
 
-template <int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_, class Element_>
+// kSkipState_ = false builds a kernel for dense calls only: every key tile computed, no skip test, no gaps.
+template <int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_, class Element_, bool kSkipState_ = true>
 struct KernelTraits {
   using Element = Element_;
   using ElementAccum = float;
+  static constexpr bool kSkipState = kSkipState_;
 
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = kBlockM_;
@@ -127,5 +129,26 @@ template <> struct DefaultGeometry<128> {
   static constexpr int kBlockM = 128, kBlockN = 128, kStages = LITEATTN_STAGES_D128;
 };
 template <> struct DefaultGeometry<256> { static constexpr int kBlockM = 128, kBlockN = 64, kStages = 2; };
+
+// The geometry of calls without a skip state (dense calls, launch.cuh), free of the 128 x 128 tiles the skip state
+// is counted in. Wider tiles amortise each key-loop iteration's fixed cost (barrier waits, row-max shuffles, the
+// wgmma pipeline's fill), measured on an H100 (bench/NOTES-cuda.md, sixth round):
+// - head dim 128: 176-key tiles (S: 88 fp32 registers per thread, still beside O and P in 240; 2 K/V stages in
+//   227 KB), 11% faster than 128;
+// - head dim 64: 192-row query tiles (3 consumer warpgroups at 160 registers), 27% faster than 128.
+#ifndef LITEATTN_DENSE_BLOCK_N_D128
+#define LITEATTN_DENSE_BLOCK_N_D128 176
+#endif
+#ifndef LITEATTN_DENSE_BLOCK_M_D64
+#define LITEATTN_DENSE_BLOCK_M_D64 192
+#endif
+
+template <int kHeadDim> struct DenseGeometry : DefaultGeometry<kHeadDim> {};
+template <> struct DenseGeometry<128> {
+  static constexpr int kBlockM = 128, kBlockN = LITEATTN_DENSE_BLOCK_N_D128, kStages = 2;
+};
+template <> struct DenseGeometry<64> {
+  static constexpr int kBlockM = LITEATTN_DENSE_BLOCK_M_D64, kBlockN = 128, kStages = LITEATTN_STAGES_D64;
+};
 
 }  // namespace liteattn

@@ -7,12 +7,11 @@
 
 namespace liteattn {
 
-template <class Element, int kHeadDim>
-int run_fwd_hdim(FwdArgs const& args, cudaStream_t stream) {
-  using Geometry = DefaultGeometry<kHeadDim>;
-  using Traits = KernelTraits<kHeadDim, Geometry::kBlockM, Geometry::kBlockN, Geometry::kStages, Element>;
-  if (args.block_m != Traits::kBlockM || args.block_n != Traits::kBlockN) return -1;
-
+// Launches one kernel instantiation; the caller has checked that Traits fits the call.
+template <class Traits>
+int launch_fwd(FwdArgs const& args, cudaStream_t stream) {
+  using Element = typename Traits::Element;
+  constexpr int kHeadDim = Traits::kHeadDim;
   using ShapeQKV = typename Traits::ShapeQKV;
   using StrideQKV = typename Traits::StrideQKV;
   ShapeQKV shape_q{args.seqlen_q, kHeadDim, args.num_heads, args.batch};
@@ -56,6 +55,28 @@ int run_fwd_hdim(FwdArgs const& args, cudaStream_t stream) {
   if (grid < 0) return -grid;
   kernel<<<grid, Traits::kNumThreads, smem, stream>>>(params);
   return int(cudaGetLastError());
+}
+
+// A call that neither reads nor writes a skip state (nor asks for tile gaps) is free to use key tiles of any
+// width: it runs the dense geometry, whose wider key tiles cut the per-tile fixed cost of the key loop.
+inline bool is_dense_call(FwdArgs const& args) {
+  return args.compute_bits == nullptr && args.write_bits == nullptr && args.tile_gaps == nullptr;
+}
+
+template <class Element, int kHeadDim>
+int run_fwd_hdim(FwdArgs const& args, cudaStream_t stream) {
+  using Geometry = DefaultGeometry<kHeadDim>;
+  using Traits = KernelTraits<kHeadDim, Geometry::kBlockM, Geometry::kBlockN, Geometry::kStages, Element>;
+  if (args.block_m != Traits::kBlockM || args.block_n != Traits::kBlockN) return -1;
+  using Dense = DenseGeometry<kHeadDim>;
+  if constexpr (Dense::kBlockN != Geometry::kBlockN || Dense::kBlockM != Geometry::kBlockM) {
+    if (is_dense_call(args)) {
+      using DenseTraits = KernelTraits<kHeadDim, Dense::kBlockM, Dense::kBlockN, Dense::kStages, Element,
+                                       /*kSkipState=*/false>;
+      return launch_fwd<DenseTraits>(args, stream);
+    }
+  }
+  return launch_fwd<Traits>(args, stream);
 }
 
 }  // namespace liteattn

@@ -9,10 +9,10 @@ namespace liteattn {
 
 // One work tile. `state` is the ring position, carried from tile to tile; `q_round` counts the tiles whose Q was
 // loaded before this one (tiles with no kept key tile load nothing). Returns whether Q was loaded.
-template <class Traits, class Params, class PipelineState>
+template <class Traits, class Params, class PipelineState, class TileIterator>
 CUTE_DEVICE bool producer_load(Params const& params, typename Traits::SharedStorage& shared, WorkTile const& work,
                                typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
-                               KeptTileIterator tiles, int num_kept, PipelineState& state, int q_round) {
+                               TileIterator tiles, int num_kept, PipelineState& state, int q_round) {
   if (num_kept == 0) return false;  // consumers write zeros / -inf without waiting on anything
 
   Tensor sQ = make_tensor(make_smem_ptr(shared.smem_q.data()), typename Traits::SmemLayoutQ{});  // (BM, D)

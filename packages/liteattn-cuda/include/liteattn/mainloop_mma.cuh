@@ -142,10 +142,10 @@ CUTE_DEVICE decltype(auto) score_registers(TensorAcc& acc) {
 // The serial key loop: each consumer warpgroup waits for every wgmma before using its result, and the two
 // warpgroups overlap each other's softmax with their GEMMs. Head dims 64 and 256 run it (at 64 the overlapped loop
 // measured no faster, at 256 it spills); see consumer_mainloop for the arguments.
-template <class Traits, class Params, class TensorO, class SkipWriter, class ScoreScale>
+template <class Traits, class Params, class TensorO, class SkipWriter, class ScoreScale, class TileIterator>
 CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits::SharedStorage& shared,
                                           typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
-                                          KeptTileIterator tiles, int thread_idx, TensorO& tOrO,
+                                          TileIterator tiles, int thread_idx, TensorO& tOrO,
                                           OnlineSoftmax& softmax, SkipWriter const& skip,
                                           typename Traits::PipelineState& state, int q_round, ScoreScale const& scale) {
   using Element = typename Traits::Element;
@@ -217,10 +217,10 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
 // with a wgmma in flight the compiler waits for every outstanding batch, so the tail mask is chosen per
 // iteration (two copies of the body) and the warp vote runs after the PV wait. (Voting under the next
 // iteration's GEMMs measured no better, bench/NOTES-cuda.md v9.)
-template <class Traits, class Params, class TensorO, class SkipWriter, class ScoreScale>
+template <class Traits, class Params, class TensorO, class SkipWriter, class ScoreScale, class TileIterator>
 CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits::SharedStorage& shared,
                                            typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
-                                           KeptTileIterator tiles, int thread_idx, TensorO& tOrO,
+                                           TileIterator tiles, int thread_idx, TensorO& tOrO,
                                            OnlineSoftmax& softmax, SkipWriter const& skip,
                                            typename Traits::PipelineState& state, int q_round, ScoreScale const& scale) {
   using Element = typename Traits::Element;
@@ -327,12 +327,15 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
 // `state` is the K/V ring position carried across work tiles; `q_round` the number of Q loads before this tile's.
 // With INT8 Q/K (Traits::TiledMmaQK accumulates s32), `scale` gives each tile's dequantisation factor and the
 // softmax, skip test and PV run on the dequantised scores unchanged.
-template <class Traits, class Params, class TensorO, class SkipWriter, class ScoreScale = ExactScores>
+template <class Traits, class Params, class TensorO, class SkipWriter, class TileIterator,
+          class ScoreScale = ExactScores>
 CUTE_DEVICE void consumer_mainloop(Params const& params, typename Traits::SharedStorage& shared,
                                    typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
-                                   KeptTileIterator tiles, int thread_idx, TensorO& tOrO, OnlineSoftmax& softmax,
+                                   TileIterator tiles, int thread_idx, TensorO& tOrO, OnlineSoftmax& softmax,
                                    SkipWriter const& skip, typename Traits::PipelineState& state, int q_round,
                                    ScoreScale const& scale = {}) {
+  static_assert(!LITEATTN_PINGPONG || !Traits::kSkipState || Traits::kNumMmaWarpgroups < kSkipBarrierId,
+                "the ping-pong barriers 1..W would collide with the skip test's named barrier");
   if constexpr (overlapped_loop<Traits>()) {
     consumer_mainloop_overlap<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO, softmax, skip,
                                       state, q_round, scale);

@@ -14,10 +14,11 @@ namespace liteattn {
 constexpr int kMaxSkipWords = 256;  // write_bits rows of up to 8192 key tiles (1M keys at block_n 128)
 constexpr int kSkipBarrierId = 3;   // named barrier over the consumer threads (0: __syncthreads, 1-2: ping-pong)
 
-// Named barrier over the consumer warpgroups only (the producer thread runs ahead and never joins).
+// Named barrier over the consumer warpgroups only (the producer thread runs ahead and never joins). It orders
+// shared-memory traffic (staged keep rows, the skip-test words), hence the "memory" clobber.
 template <int kNumMmaThreads>
 CUTE_DEVICE void consumer_sync() {
-  asm volatile("bar.sync %0, %1;\n" ::"n"(kSkipBarrierId), "n"(kNumMmaThreads));
+  asm volatile("bar.sync %0, %1;\n" ::"n"(kSkipBarrierId), "n"(kNumMmaThreads) : "memory");
 }
 
 template <int kNumMmaThreads>
@@ -97,6 +98,17 @@ struct SkipTestWriter {
     consumer_bar();
     for (int w = thread_idx; w < num_words; w += kNumMmaThreads) gmem_words[w] = int32_t(smem_words[w]);
   }
+};
+
+// The skip test of kernels without a skip state: every call compiles away.
+struct NoSkipTest {
+  CUTE_DEVICE void begin(int) const {}
+  CUTE_DEVICE bool needs(OnlineSoftmax const&) const { return false; }
+  CUTE_DEVICE bool row_needs(OnlineSoftmax const&) const { return false; }
+  CUTE_DEVICE void commit(int, bool, int) const {}
+  CUTE_DEVICE void vote(int, OnlineSoftmax const&, int) const {}
+  CUTE_DEVICE void record_gap(int, OnlineSoftmax const&, int) const {}
+  CUTE_DEVICE void end(int) const {}
 };
 
 }  // namespace liteattn

@@ -98,4 +98,21 @@ struct KeptTileIterator {
   }
 };
 
+// Every key tile in order, for kernels without a skip state: the same interface as KeptTileIterator.
+struct DenseTileIterator {
+  int num_tiles;
+  bool reverse;
+  int n;
+
+  CUTE_DEVICE DenseTileIterator(int num_tiles_, bool reverse_)
+      : num_tiles(num_tiles_), reverse(reverse_), n(reverse_ ? num_tiles_ - 1 : 0) {}
+  CUTE_DEVICE int count() const { return num_tiles; }
+  CUTE_DEVICE int next() {
+    if (n < 0 || n >= num_tiles) return -1;
+    int const tile = n;
+    n += reverse ? -1 : 1;
+    return tile;
+  }
+};
+
 }  // namespace liteattn

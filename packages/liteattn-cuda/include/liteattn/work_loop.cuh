@@ -23,6 +23,36 @@ CUTE_DEVICE uint32_t const* stage_keep_row(Params const& params, int tile, uint3
   return smem_words;
 }
 
+// The key tiles of a work tile: those of its staged keep row (kernels with a skip state; nullptr = all), or all.
+template <class Traits, class Params>
+CUTE_DEVICE auto tile_iterator(Params const& params, uint32_t const* staged_row) {
+  if constexpr (Traits::kSkipState) {
+    return KeptTileIterator(staged_row, params.num_k_tiles, params.reverse);
+  } else {
+    return DenseTileIterator(params.num_k_tiles, params.reverse);
+  }
+}
+
+// The skip test of one work tile (a no-op in kernels without a skip state).
+template <class Traits, class Params>
+CUTE_DEVICE auto skip_test_writer(Params const& params, typename Traits::SharedStorage& shared, WorkTile const& work,
+                                  int tile, int thread_idx) {
+  if constexpr (Traits::kSkipState) {
+    // A row votes only if it is a real query row (rows of this thread as in the epilogue).
+    int const row0 = work.m_block * Traits::kBlockM + (thread_idx / 128) * 64 + ((thread_idx % 128) / 32) * 16 +
+                     (thread_idx % 32) / 4;
+    return SkipTestWriter<Traits::kNumMmaThreads>{
+        shared.skip_words,
+        params.write_bits == nullptr ? nullptr : params.write_bits + int64_t(tile) * params.num_words,
+        params.num_words,
+        params.write_bits == nullptr ? 0.f : __ldg(params.thresholds + work.head),
+        {row0 < params.seqlen_q, row0 + 8 < params.seqlen_q},
+        params.tile_gaps == nullptr ? nullptr : params.tile_gaps + int64_t(tile) * params.num_k_tiles};
+  } else {
+    return NoSkipTest{};
+  }
+}
+
 // `key_loop(work, tile, tiles, thread_idx, tOrO, softmax, skip, state, q_round)` runs the consumers' key loop of
 // one work tile with at least one kept key tile.
 template <class Traits, class Params, class KeyLoop>
@@ -36,8 +66,8 @@ CUTE_DEVICE void run_work_tiles(Params const& params, typename Traits::SharedSto
     auto state = cutlass::make_producer_start_state<typename Traits::Pipeline>();
     int q_round = 0;
     for (int tile = scheduler.first(); scheduler.valid(tile); tile = scheduler.next(tile)) {
-      KeptTileIterator tiles(stage_keep_row(params, tile, shared.keep_words_producer, 0, 1), params.num_k_tiles,
-                             params.reverse);
+      uint32_t const* row = Traits::kSkipState ? stage_keep_row(params, tile, shared.keep_words_producer, 0, 1) : nullptr;
+      auto tiles = tile_iterator<Traits>(params, row);
       q_round += producer_load<Traits>(params, shared, scheduler.decode(tile), pipeline_k, pipeline_v, tiles,
                                        tiles.count(), state, q_round);
     }
@@ -50,26 +80,20 @@ CUTE_DEVICE void run_work_tiles(Params const& params, typename Traits::SharedSto
   int q_round = 0;
   for (int tile = scheduler.first(); scheduler.valid(tile); tile = scheduler.next(tile)) {
     WorkTile const work = scheduler.decode(tile);
-    if (params.compute_bits != nullptr) consumer_sync<Traits::kNumMmaThreads>();  // previous row fully read
-    uint32_t const* row = stage_keep_row(params, tile, shared.keep_words_consumer, thread_idx, Traits::kNumMmaThreads);
-    if (params.compute_bits != nullptr) consumer_sync<Traits::kNumMmaThreads>();  // row complete
-    KeptTileIterator tiles(row, params.num_k_tiles, params.reverse);
+    uint32_t const* row = nullptr;
+    if constexpr (Traits::kSkipState) {
+      if (params.compute_bits != nullptr) consumer_sync<Traits::kNumMmaThreads>();  // previous row fully read
+      row = stage_keep_row(params, tile, shared.keep_words_consumer, thread_idx, Traits::kNumMmaThreads);
+      if (params.compute_bits != nullptr) consumer_sync<Traits::kNumMmaThreads>();  // row complete
+    }
+    auto tiles = tile_iterator<Traits>(params, row);
     int const num_kept = tiles.count();
 
     typename Traits::TiledMmaPV mma_pv;
     Tensor tOrO = partition_fragment_C(mma_pv, select<0, 1>(typename Traits::TileShapePV{}));  // (MMA, MMA_M, MMA_N)
     clear(tOrO);
     OnlineSoftmax softmax(params.scale_log2);
-    // Skip test: a row votes only if it is a real query row (rows of this thread as in the epilogue).
-    int const row0 = work.m_block * Traits::kBlockM + (thread_idx / 128) * 64 + ((thread_idx % 128) / 32) * 16 +
-                     (thread_idx % 32) / 4;
-    SkipTestWriter<Traits::kNumMmaThreads> skip{
-        shared.skip_words,
-        params.write_bits == nullptr ? nullptr : params.write_bits + int64_t(tile) * params.num_words,
-        params.num_words,
-        params.write_bits == nullptr ? 0.f : __ldg(params.thresholds + work.head),
-        {row0 < params.seqlen_q, row0 + 8 < params.seqlen_q},
-        params.tile_gaps == nullptr ? nullptr : params.tile_gaps + int64_t(tile) * params.num_k_tiles};
+    auto const skip = skip_test_writer<Traits>(params, shared, work, tile, thread_idx);
     skip.begin(thread_idx);
     if (num_kept > 0) {
       key_loop(work, tile, tiles, thread_idx, tOrO, softmax, skip, state, q_round);
