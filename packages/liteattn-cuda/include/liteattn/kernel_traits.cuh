@@ -100,9 +100,9 @@ struct KernelTraits {
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutQ>> smem_q;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutK>> smem_k;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutV>> smem_v;
-    alignas(16) uint32_t skip_words[kMaxSkipWords];
+    alignas(16) uint32_t skip_words[kMaxSkipWords];            // this CTA's write_bits row while the loop runs
     alignas(16) uint32_t keep_words_producer[kMaxSkipWords];  // the producer's copy of this work tile's keep row
-    alignas(16) uint32_t keep_words_consumer[kMaxSkipWords];  // the consumers' copy  // this CTA's write_bits row while the loop runs
+    alignas(16) uint32_t keep_words_consumer[kMaxSkipWords];  // the consumers' copy
     alignas(16) cutlass::arch::ClusterTransactionBarrier barrier_q;  // Q landed (one phase per loaded tile)
     cutlass::arch::ClusterBarrier barrier_q_empty;  // every consumer thread is done with Q (one phase per tile)
     typename Pipeline::SharedStorage pipeline_k;

@@ -53,6 +53,21 @@ CUTE_DEVICE auto skip_test_writer(Params const& params, typename Traits::SharedS
   }
 }
 
+#ifndef LITEATTN_TRACE
+#define LITEATTN_TRACE 0
+#endif
+
+// Low 32 bits of the global nanosecond timer in trace builds (LITEATTN_TRACE=1), else 0.
+CUTE_DEVICE uint32_t trace_clock() {
+#if LITEATTN_TRACE
+  uint32_t t;
+  asm volatile("mov.u32 %0, %%globaltimer_lo;" : "=r"(t));
+  return t;
+#else
+  return 0;
+#endif
+}
+
 // `key_loop(work, tile, tiles, thread_idx, tOrO, softmax, skip, state, q_round)` runs the consumers' key loop of
 // one work tile with at least one kept key tile.
 template <class Traits, class Params, class KeyLoop>
@@ -75,6 +90,7 @@ CUTE_DEVICE void run_work_tiles(Params const& params, typename Traits::SharedSto
   }
 
   cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
+  uint32_t const t_start = trace_clock();
   int const thread_idx = threadIdx.x - 128;
   typename Traits::PipelineState state;  // consumer side starts at phase 0
   int q_round = 0;
@@ -95,12 +111,28 @@ CUTE_DEVICE void run_work_tiles(Params const& params, typename Traits::SharedSto
     OnlineSoftmax softmax(params.scale_log2);
     auto const skip = skip_test_writer<Traits>(params, shared, work, tile, thread_idx);
     skip.begin(thread_idx);
+    uint32_t const t_loop = trace_clock();
     if (num_kept > 0) {
       key_loop(work, tile, tiles, thread_idx, tOrO, softmax, skip, state, q_round);
       ++q_round;
     }
+    uint32_t const t_loop_end = trace_clock();
     skip.end(thread_idx);
     epilogue_store<Traits>(params, work, thread_idx, tOrO, softmax);
+#if LITEATTN_TRACE
+    // Development builds only: the work tile's timeline replaces the LSE of its first rows (bench/trace_tiles.py).
+    consumer_sync<Traits::kNumMmaThreads>();
+    if (thread_idx == 0) {
+      uint32_t smid;
+      asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
+      uint32_t const stamps[6] = {t_start, t_loop, t_loop_end, trace_clock(), smid, uint32_t(num_kept)};
+      float* lse_row = params.lse + (int64_t(work.batch) * params.num_heads + work.head) * params.seqlen_q +
+                       work.m_block * Traits::kBlockM;
+      for (int i = 0; i < 6; ++i) lse_row[i] = __uint_as_float(stamps[i]);
+    }
+#else
+    (void)t_start, (void)t_loop, (void)t_loop_end;
+#endif
   }
 }
 
