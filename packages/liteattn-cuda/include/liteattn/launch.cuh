@@ -58,7 +58,7 @@ int launch_fwd(FwdArgs const& args, cudaStream_t stream) {
 }
 
 // A call that neither reads nor writes a skip state (nor asks for tile gaps) is free to use key tiles of any
-// width: it runs the dense geometry, whose wider key tiles cut the per-tile fixed cost of the key loop.
+// width: it runs the dense geometry, whose wider tiles cut the per-tile fixed cost of the key loop.
 inline bool is_dense_call(FwdArgs const& args) {
   return args.compute_bits == nullptr && args.write_bits == nullptr && args.tile_gaps == nullptr;
 }
