@@ -28,6 +28,44 @@ CUTE_DEVICE void wgmma_gemm(TiledMma& mma, TA const& tCrA, TB const& tCrB, TC& t
   if constexpr (kARegs) warpgroup_fence_operand(const_cast<TA&>(tCrA));
 }
 
+// The two GEMMs of a key tile on this thread's partitions of Q, K[stage] and V^T[stage] in shared memory; each call
+// issues one wgmma batch and leaves the wait to the caller.
+template <class MmaQK, class MmaPV, class FragQ, class FragK, class FragV>
+struct KeyTileGemms {
+  MmaQK mma_qk;
+  MmaPV mma_pv;
+  FragQ tSrQ;  // (MMA, MMA_M, MMA_K) smem descriptors
+  FragK tSrK;  // (MMA, MMA_N, MMA_K, stage)
+  FragV tOrV;  // (MMA, MMA_N, MMA_K, stage)
+
+  // S = Q K[stage]^T
+  template <class TensorS>
+  CUTE_DEVICE void issue_qk(int stage, TensorS& tSrS) {
+    wgmma_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_qk, tSrQ, tSrK(_, _, _, stage), tSrS);
+  }
+  // O += P V[stage], P from registers
+  template <class TensorP, class TensorO>
+  CUTE_DEVICE void issue_pv(TensorP const& tOrP, int stage, TensorO& tOrO) {
+    wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP, tOrV(_, _, _, stage), tOrO);
+  }
+};
+
+template <class Traits>
+CUTE_DEVICE auto key_tile_gemms(typename Traits::SharedStorage& shared, int thread_idx) {
+  Tensor sQ = make_tensor(make_smem_ptr(shared.smem_q.data()), typename Traits::SmemLayoutQ{});    // (BM, D)
+  Tensor sK = make_tensor(make_smem_ptr(shared.smem_k.data()), typename Traits::SmemLayoutK{});    // (BN, D, stage)
+  Tensor sVt = make_tensor(make_smem_ptr(shared.smem_v.data()), typename Traits::SmemLayoutVt{});  // (D, BN, stage)
+  typename Traits::TiledMmaQK mma_qk;
+  typename Traits::TiledMmaPV mma_pv;
+  auto thr_qk = mma_qk.get_thread_slice(thread_idx);
+  auto thr_pv = mma_pv.get_thread_slice(thread_idx);
+  Tensor tSrQ = thr_qk.partition_fragment_A(sQ);
+  Tensor tSrK = thr_qk.partition_fragment_B(sK);
+  Tensor tOrV = thr_pv.partition_fragment_B(sVt);
+  return KeyTileGemms<decltype(mma_qk), decltype(mma_pv), decltype(tSrQ), decltype(tSrK), decltype(tOrV)>{
+      mma_qk, mma_pv, tSrQ, tSrK, tOrV};
+}
+
 // Accumulator layout ((2,2,N/8), M, N') reread as the A-operand layout of a 16-bit RS wgmma,
 // ((2,2,2), M, N/16): each k-block of 16 columns is two adjacent 8-column blocks of the accumulator.
 template <class Layout>
@@ -150,18 +188,8 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
                                           typename Traits::PipelineState& state, int q_round, ScoreScale const& scale) {
   using Element = typename Traits::Element;
   constexpr int kBlockN = Traits::kBlockN;
-  Tensor sQ = make_tensor(make_smem_ptr(shared.smem_q.data()), typename Traits::SmemLayoutQ{});    // (BM, D)
-  Tensor sK = make_tensor(make_smem_ptr(shared.smem_k.data()), typename Traits::SmemLayoutK{});    // (BN, D, stage)
-  Tensor sVt = make_tensor(make_smem_ptr(shared.smem_v.data()), typename Traits::SmemLayoutVt{});  // (D, BN, stage)
-
-  typename Traits::TiledMmaQK mma_qk;
-  typename Traits::TiledMmaPV mma_pv;
-  auto thr_qk = mma_qk.get_thread_slice(thread_idx);
-  auto thr_pv = mma_pv.get_thread_slice(thread_idx);
-  Tensor tSrQ = thr_qk.partition_fragment_A(sQ);   // (MMA, MMA_M, MMA_K) smem descriptors
-  Tensor tSrK = thr_qk.partition_fragment_B(sK);   // (MMA, MMA_N, MMA_K, stage)
-  Tensor tOrV = thr_pv.partition_fragment_B(sVt);  // (MMA, MMA_N, MMA_K, stage)
-  Tensor tSrAcc = partition_fragment_C(mma_qk, select<0, 1>(typename Traits::TileShapeMNK{}));  // (MMA, MMA_M, MMA_N)
+  auto gemms = key_tile_gemms<Traits>(shared, thread_idx);
+  Tensor tSrAcc = partition_fragment_C(gemms.mma_qk, select<0, 1>(typename Traits::TileShapeMNK{}));  // (MMA, M, N)
   CUTE_STATIC_ASSERT_V(size<1>(tSrAcc) == _1{} && size<2>(tSrAcc) == _1{});
   constexpr bool kDequantize = !std::is_same_v<typename decltype(tSrAcc)::value_type, float>;
   auto&& tSrS = score_registers(tSrAcc);
@@ -179,7 +207,7 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
     // Wait for K[stage] (full barrier), S = Q K^T, then release K[stage] to the producer (empty barrier).
     turn.wait_turn();
     pipeline_k.consumer_wait(state);
-    wgmma_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_qk, tSrQ, tSrK(_, _, _, state.index()), tSrAcc);
+    gemms.issue_qk(state.index(), tSrAcc);
     turn.pass_turn();
     warpgroup_wait<0>();
     pipeline_k.consumer_release(state);
@@ -199,7 +227,7 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
 
     // Wait for V[stage], O += P V, release V[stage]; the warp vote runs while the PV wgmma does.
     pipeline_v.consumer_wait(state);
-    wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP, tOrV(_, _, _, state.index()), tOrO);
+    gemms.issue_pv(tOrP, state.index(), tOrO);
     skip.commit(n, needs, lane);
     warpgroup_wait<0>();
     pipeline_v.consumer_release(state);
@@ -225,18 +253,8 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
                                            typename Traits::PipelineState& state, int q_round, ScoreScale const& scale) {
   using Element = typename Traits::Element;
   constexpr int kBlockN = Traits::kBlockN;
-  Tensor sQ = make_tensor(make_smem_ptr(shared.smem_q.data()), typename Traits::SmemLayoutQ{});    // (BM, D)
-  Tensor sK = make_tensor(make_smem_ptr(shared.smem_k.data()), typename Traits::SmemLayoutK{});    // (BN, D, stage)
-  Tensor sVt = make_tensor(make_smem_ptr(shared.smem_v.data()), typename Traits::SmemLayoutVt{});  // (D, BN, stage)
-
-  typename Traits::TiledMmaQK mma_qk;
-  typename Traits::TiledMmaPV mma_pv;
-  auto thr_qk = mma_qk.get_thread_slice(thread_idx);
-  auto thr_pv = mma_pv.get_thread_slice(thread_idx);
-  Tensor tSrQ = thr_qk.partition_fragment_A(sQ);   // (MMA, MMA_M, MMA_K) smem descriptors
-  Tensor tSrK = thr_qk.partition_fragment_B(sK);   // (MMA, MMA_N, MMA_K, stage)
-  Tensor tOrV = thr_pv.partition_fragment_B(sVt);  // (MMA, MMA_N, MMA_K, stage)
-  Tensor tSrAcc = partition_fragment_C(mma_qk, select<0, 1>(typename Traits::TileShapeMNK{}));  // (MMA, MMA_M, MMA_N)
+  auto gemms = key_tile_gemms<Traits>(shared, thread_idx);
+  Tensor tSrAcc = partition_fragment_C(gemms.mma_qk, select<0, 1>(typename Traits::TileShapeMNK{}));  // (MMA, M, N)
   CUTE_STATIC_ASSERT_V(size<1>(tSrAcc) == _1{} && size<2>(tSrAcc) == _1{});
   constexpr bool kDequantize = !std::is_same_v<typename decltype(tSrAcc)::value_type, float>;
   auto&& tSrS = score_registers(tSrAcc);
@@ -261,7 +279,7 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
     float const factor = scale.factor(n);
     turn.wait_turn();
     pipeline_k.consumer_wait(state);
-    wgmma_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_qk, tSrQ, tSrK(_, _, _, state.index()), tSrAcc);
+    gemms.issue_qk(state.index(), tSrAcc);
     turn.pass_turn();
     warpgroup_wait<0>();
     pipeline_k.consumer_release(state);
@@ -281,10 +299,10 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
     // Both waits before the first wgmma: a wait loop between the two batches is a branch with S in flight.
     pipeline_k.consumer_wait(state);
     pipeline_v.consumer_wait(state_v);
-    wgmma_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_qk, tSrQ, tSrK(_, _, _, state.index()), tSrAcc);
+    gemms.issue_qk(state.index(), tSrAcc);
     CUTE_UNROLL
     for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= correction[acc_row(i)];  // the previous tile's max shift
-    wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), tOrO);
+    gemms.issue_pv(tOrP, state_v.index(), tOrO);
     turn.pass_turn();
     warpgroup_wait<1>();  // S(n) landed; PV(p) may still run
     pipeline_k.consumer_release(state);
@@ -315,7 +333,7 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
   pipeline_v.consumer_wait(state_v);
   CUTE_UNROLL
   for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= correction[acc_row(i)];
-  wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), tOrO);
+  gemms.issue_pv(tOrP, state_v.index(), tOrO);
   turn.pass_turn();
   warpgroup_wait<0>();
   pipeline_v.consumer_release(state_v);
