@@ -30,11 +30,6 @@ CUTE_DEVICE float fast_exp2(float x) {
 #endif
 }
 
-// Independent partial maxima per row in the tile max (a power of two; 1 = one serial chain).
-#ifndef LITEATTN_MAX_CHAINS
-#define LITEATTN_MAX_CHAINS 4
-#endif
-
 CUTE_DEVICE float quad_max(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
   return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
@@ -61,28 +56,9 @@ struct OnlineSoftmax {
   template <class TensorS>
   CUTE_DEVICE void step(TensorS& tSrS, float (&correction)[2]) {
     constexpr int N = decltype(size(tSrS))::value;
-    // kChains independent partial maxima per row: the exp2's wait for the row max, and one serial chain of
-    // N/2 dependent FMNMX would put its whole latency in front of them.
-    constexpr int kChains = LITEATTN_MAX_CHAINS;
-    static_assert((kChains & (kChains - 1)) == 0, "LITEATTN_MAX_CHAINS must be a power of two");
-    float partial[2][kChains];
+    tile_max[0] = tile_max[1] = -INFINITY;
     CUTE_UNROLL
-    for (int r = 0; r < 2; ++r)
-      CUTE_UNROLL
-      for (int c = 0; c < kChains; ++c) partial[r][c] = -INFINITY;
-    CUTE_UNROLL
-    for (int i = 0; i < N; ++i) {
-      int const c = kChains == 1 ? 0 : ((i & 1) + 2 * (i >> 2)) % kChains;  // ((2 cols, 2 rows, N/8)): column index
-      partial[acc_row(i)][c] = fmaxf(partial[acc_row(i)][c], tSrS(i));
-    }
-    CUTE_UNROLL
-    for (int r = 0; r < 2; ++r) {
-      CUTE_UNROLL
-      for (int width = kChains / 2; width > 0; width /= 2)
-        CUTE_UNROLL
-        for (int c = 0; c < width; ++c) partial[r][c] = fmaxf(partial[r][c], partial[r][c + width]);
-      tile_max[r] = partial[r][0];
-    }
+    for (int i = 0; i < N; ++i) tile_max[acc_row(i)] = fmaxf(tile_max[acc_row(i)], tSrS(i));
     float new_max[2];
     CUTE_UNROLL
     for (int r = 0; r < 2; ++r) {
