@@ -81,7 +81,8 @@ CUTE_DEVICE void run_work_tiles(Params const& params, typename Traits::SharedSto
     auto state = cutlass::make_producer_start_state<typename Traits::Pipeline>();
     int q_round = 0;
     for (int tile = scheduler.first(); scheduler.valid(tile); tile = scheduler.next(tile)) {
-      uint32_t const* row = Traits::kSkipState ? stage_keep_row(params, tile, shared.keep_words_producer, 0, 1) : nullptr;
+      uint32_t const* row =
+          Traits::kSkipState ? stage_keep_row(params, tile, shared.keep_words_producer, 0, 1) : nullptr;
       auto tiles = tile_iterator<Traits>(params, row);
       q_round += producer_load<Traits>(params, shared, scheduler.decode(tile), pipeline_k, pipeline_v, tiles,
                                        tiles.count(), state, q_round);
