@@ -45,14 +45,9 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
                                                               : Pipeline::ThreadCategory::Consumer;
   pipe_params.is_leader = threadIdx.x == 0;
   pipe_params.num_consumers = Traits::kNumMmaThreads;
-  Pipeline pipeline_k(shared.pipeline_k, pipe_params, typename Traits::ClusterShape{});
-  Pipeline pipeline_v(shared.pipeline_v, pipe_params, typename Traits::ClusterShape{});
-  // Barrier inits visible to every role, and in a cluster to the other CTA, whose loads and releases land here.
-  if constexpr (Traits::kClusterM > 1) {
-    cute::cluster_sync();
-  } else {
-    __syncthreads();
-  }
+  Pipeline pipeline_k(shared.pipeline_k, pipe_params, Shape<_1, _1, _1>{});
+  Pipeline pipeline_v(shared.pipeline_v, pipe_params, Shape<_1, _1, _1>{});
+  __syncthreads();  // barrier inits visible to every role
 
   run_work_tiles<Traits>(params, shared, pipeline_k, pipeline_v,
                          [&](WorkTile const&, int, auto tiles, int thread_idx, auto& tOrO, auto& softmax,

@@ -48,9 +48,9 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   pipe_params.is_leader = threadIdx.x == 0;
   pipe_params.num_consumers = Traits::kNumMmaThreads;
   pipe_params.transaction_bytes = Traits::kTmaBytesK;
-  Pipeline pipeline_k(shared.pipeline_k, pipe_params, typename Traits::ClusterShape{});
+  Pipeline pipeline_k(shared.pipeline_k, pipe_params, Shape<_1, _1, _1>{});
   pipe_params.transaction_bytes = Traits::kTmaBytesV;
-  Pipeline pipeline_v(shared.pipeline_v, pipe_params, typename Traits::ClusterShape{});
+  Pipeline pipeline_v(shared.pipeline_v, pipe_params, Shape<_1, _1, _1>{});
   __syncthreads();
 
   run_work_tiles<Traits>(params, shared, pipeline_k, pipeline_v,

@@ -2,10 +2,7 @@
 // shared-memory layouts, TMA descriptor types and the shared-storage struct.
 #pragma once
 
-#include <type_traits>
-
 #include <cute/tensor.hpp>
-#include <cute/arch/cluster_sm90.hpp>
 #include <cute/atom/mma_atom.hpp>
 #include <cute/atom/copy_traits_sm90_tma.hpp>
 #include <cutlass/arch/barrier.h>
@@ -35,20 +32,11 @@ namespace liteattn {
 using namespace cute;
 
 // kSkipState_ = false builds a kernel for dense calls only: every key tile computed, no skip test, no gaps.
-// kClusterM_ = 2 (dense kernels only) runs the CTAs in pairs that own neighbouring query tiles of one head: each
-// CTA TMA-loads half of every K/V tile and multicasts it to both, halving the K/V traffic out of L2.
-template <int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_, class Element_, bool kSkipState_ = true,
-          int kClusterM_ = 1>
+template <int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_, class Element_, bool kSkipState_ = true>
 struct KernelTraits {
   using Element = Element_;
   using ElementAccum = float;
   static constexpr bool kSkipState = kSkipState_;
-  static constexpr int kClusterM = kClusterM_;
-  // Two CTAs can share a K/V load only if they walk the same key tiles, which only the dense walk guarantees.
-  static_assert(kClusterM == 1 || (kClusterM == 2 && !kSkipState), "K/V multicast needs a dense kernel, 2 CTAs");
-  using ClusterShape = Shape<Int<kClusterM>, _1, _1>;
-  // The K/V loads' multicast mask: every CTA of the cluster (a plain load ignores it).
-  static constexpr uint16_t kMulticastMask = uint16_t((1u << kClusterM) - 1u);
 
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = kBlockM_;
@@ -97,12 +85,10 @@ struct KernelTraits {
       SM90_TMA_LOAD{},
       make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), ShapeQKV{}, StrideQKV{}),
       SmemLayoutQ{}, select<0, 2>(TileShapeMNK{}), _1{}));
-  // K/V: each CTA of a cluster loads a 1/kClusterM slice of the tile (launch.cuh builds the same copy).
-  using CopyOpKV = std::conditional_t<kClusterM == 1, SM90_TMA_LOAD, SM90_TMA_LOAD_MULTICAST>;
   using TmaKV = decltype(make_tma_copy(
-      CopyOpKV{},
+      SM90_TMA_LOAD{},
       make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), ShapeQKV{}, StrideQKV{}),
-      take<0, 2>(SmemLayoutK{}), select<1, 2>(TileShapeMNK{}), Int<kClusterM>{}));
+      take<0, 2>(SmemLayoutK{}), select<1, 2>(TileShapeMNK{}), _1{}));
 
   using Pipeline = cutlass::PipelineTmaAsync<kStages>;
   using PipelineState = typename cutlass::PipelineState<kStages>;
@@ -156,24 +142,13 @@ template <> struct DefaultGeometry<256> { static constexpr int kBlockM = 128, kB
 #ifndef LITEATTN_DENSE_BLOCK_M_D64
 #define LITEATTN_DENSE_BLOCK_M_D64 192
 #endif
-// CTAs per cluster of the dense kernels (1 or 2: K/V multicast, KernelTraits).
-#ifndef LITEATTN_DENSE_CLUSTER_D128
-#define LITEATTN_DENSE_CLUSTER_D128 2
-#endif
-#ifndef LITEATTN_DENSE_CLUSTER_D64
-#define LITEATTN_DENSE_CLUSTER_D64 2
-#endif
 
-template <int kHeadDim> struct DenseGeometry : DefaultGeometry<kHeadDim> {
-  static constexpr int kClusterM = 1;
-};
+template <int kHeadDim> struct DenseGeometry : DefaultGeometry<kHeadDim> {};
 template <> struct DenseGeometry<128> {
   static constexpr int kBlockM = 128, kBlockN = LITEATTN_DENSE_BLOCK_N_D128, kStages = 2;
-  static constexpr int kClusterM = LITEATTN_DENSE_CLUSTER_D128;
 };
 template <> struct DenseGeometry<64> {
   static constexpr int kBlockM = LITEATTN_DENSE_BLOCK_M_D64, kBlockN = 128, kStages = LITEATTN_STAGES_D64;
-  static constexpr int kClusterM = LITEATTN_DENSE_CLUSTER_D64;
 };
 
 }  // namespace liteattn

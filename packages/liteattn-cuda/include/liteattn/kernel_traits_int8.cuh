@@ -21,9 +21,6 @@ struct KernelTraitsInt8 {
   using ElementAccum = float;     // O and the dequantised scores
   using ElementAccumQK = int32_t; // the QK^T wgmma accumulator
   static constexpr bool kSkipState = true;  // INT8 calls always run the skip-state geometry
-  static constexpr int kClusterM = 1;        // K/V multicast is for dense kernels only
-  static constexpr uint16_t kMulticastMask = 0;
-  using ClusterShape = Shape<_1, _1, _1>;
 
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = kBlockM_;

@@ -21,17 +21,12 @@ int launch_fwd(FwdArgs const& args, cudaStream_t stream) {
   Tensor mK = make_tensor(make_gmem_ptr(static_cast<Element const*>(args.k)), shape_k, stride_of(args.k_stride));
   Tensor mV = make_tensor(make_gmem_ptr(static_cast<Element const*>(args.v)), shape_k, stride_of(args.v_stride));
 
-  // The two CTAs of a cluster own neighbouring query tiles of one head: an odd count gets one more tile per head,
-  // past Sq, whose rows the epilogue never stores (it only helps its partner load K/V).
-  int const num_q_tiles = round_up_to((args.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM, Traits::kClusterM);
   KernelParams<Traits> params{
       shape_q,
       shape_k,
       make_tma_copy(SM90_TMA_LOAD{}, mQ, typename Traits::SmemLayoutQ{}, select<0, 2>(typename Traits::TileShapeMNK{}), _1{}),
-      make_tma_copy(typename Traits::CopyOpKV{}, mK, take<0, 2>(typename Traits::SmemLayoutK{}),
-                    select<1, 2>(typename Traits::TileShapeMNK{}), Int<Traits::kClusterM>{}),
-      make_tma_copy(typename Traits::CopyOpKV{}, mV, take<0, 2>(typename Traits::SmemLayoutV{}),
-                    select<1, 2>(typename Traits::TileShapeMNK{}), Int<Traits::kClusterM>{}),
+      make_tma_copy(SM90_TMA_LOAD{}, mK, take<0, 2>(typename Traits::SmemLayoutK{}), select<1, 2>(typename Traits::TileShapeMNK{}), _1{}),
+      make_tma_copy(SM90_TMA_LOAD{}, mV, take<0, 2>(typename Traits::SmemLayoutV{}), select<1, 2>(typename Traits::TileShapeMNK{}), _1{}),
       args.out,
       args.out_stride[0], args.out_stride[1], args.out_stride[2],
       args.lse,
@@ -40,10 +35,10 @@ int launch_fwd(FwdArgs const& args, cudaStream_t stream) {
       args.thresholds,
       args.tile_gaps,
       args.seqlen_q, args.seqlen_k, args.num_heads, args.num_heads / args.num_heads_kv,
-      num_q_tiles,
+      (args.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM,
       (args.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN,
       ((args.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN + 31) / 32,
-      args.batch * args.num_heads * num_q_tiles,
+      args.batch * args.num_heads * ((args.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM),
       args.scale,
       args.scale * 1.44269504088896340736f,  // log2(e)
       args.reverse,
@@ -56,26 +51,9 @@ int launch_fwd(FwdArgs const& args, cudaStream_t stream) {
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return int(err);
   if (params.num_work_tiles == 0) return 0;
-  int const grid = work_grid_size(params.num_work_tiles, Traits::kClusterM);
+  int const grid = work_grid_size(params.num_work_tiles);
   if (grid < 0) return -grid;
-  if constexpr (Traits::kClusterM > 1) {
-    cudaLaunchAttribute cluster;
-    cluster.id = cudaLaunchAttributeClusterDimension;
-    cluster.val.clusterDim.x = Traits::kClusterM;
-    cluster.val.clusterDim.y = 1;
-    cluster.val.clusterDim.z = 1;
-    cudaLaunchConfig_t config{};
-    config.gridDim = dim3(grid);
-    config.blockDim = dim3(Traits::kNumThreads);
-    config.dynamicSmemBytes = smem;
-    config.stream = stream;
-    config.attrs = &cluster;
-    config.numAttrs = 1;
-    err = cudaLaunchKernelEx(&config, kernel, params);
-    if (err != cudaSuccess) return int(err);
-  } else {
-    kernel<<<grid, Traits::kNumThreads, smem, stream>>>(params);
-  }
+  kernel<<<grid, Traits::kNumThreads, smem, stream>>>(params);
   return int(cudaGetLastError());
 }
 
@@ -94,7 +72,7 @@ int run_fwd_hdim(FwdArgs const& args, cudaStream_t stream) {
   if constexpr (Dense::kBlockN != Geometry::kBlockN || Dense::kBlockM != Geometry::kBlockM) {
     if (is_dense_call(args)) {
       using DenseTraits = KernelTraits<kHeadDim, Dense::kBlockM, Dense::kBlockN, Dense::kStages, Element,
-                                       /*kSkipState=*/false, Dense::kClusterM>;
+                                       /*kSkipState=*/false>;
       return launch_fwd<DenseTraits>(args, stream);
     }
   }

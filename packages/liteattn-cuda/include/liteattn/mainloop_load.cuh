@@ -30,12 +30,8 @@ CUTE_DEVICE bool producer_load(Params const& params, typename Traits::SharedStor
   Tensor gV = local_tile(mV(_, _, head_kv, work.batch), tile_kv, make_coord(_, _0{}));           // (BN, D, KT)
 
   auto [tQgQ, tQsQ] = tma_partition(params.tma_q, _0{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
-  // K/V: this CTA's slice of each tile (all of it outside a cluster), multicast to every CTA of the cluster.
-  int const cta_rank = Traits::kClusterM > 1 ? int(cute::block_rank_in_cluster()) : 0;
-  auto const cluster = Layout<Int<Traits::kClusterM>>{};
-  auto [tKgK, tKsK] = tma_partition(params.tma_k, cta_rank, cluster, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
-  auto [tVgV, tVsV] = tma_partition(params.tma_v, cta_rank, cluster, group_modes<0, 2>(sV), group_modes<0, 2>(gV));
-  uint16_t const multicast_mask = Traits::kMulticastMask;  // with() takes it by reference: a register copy
+  auto [tKgK, tKsK] = tma_partition(params.tma_k, _0{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
+  auto [tVgV, tVsV] = tma_partition(params.tma_v, _0{}, Layout<_1>{}, group_modes<0, 2>(sV), group_modes<0, 2>(gV));
 
   // Q has one buffer: wait until every consumer thread finished the previous tile's last QK^T (barrier_q_empty),
   // then arm barrier_q (phase q_round) with Q's byte count. Meanwhile the consumers run the previous epilogue.
@@ -43,18 +39,15 @@ CUTE_DEVICE bool producer_load(Params const& params, typename Traits::SharedStor
   shared.barrier_q.arrive_and_expect_tx(Traits::kTmaBytesQ);
   copy(params.tma_q.with(reinterpret_cast<uint64_t&>(shared.barrier_q), 0), tQgQ, tQsQ);
 
-  // K/V ring: producer_acquire waits until every consumer warpgroup (in a cluster: of both CTAs, since the
-  // partner's multicast writes here too) released the stage (empty barrier), then arms the full barrier with the
-  // whole tile's byte count (each CTA's slice lands in both); consumers wait on the full barrier.
+  // K/V ring: producer_acquire waits until both consumer warpgroups released the stage (empty barrier),
+  // then arms the full barrier with the stage's byte count; consumers wait on the full barrier.
   auto load_k = [&, &tKgK = tKgK, &tKsK = tKsK](int n, PipelineState const& at) {  // C++17: bindings by init-capture
     pipeline_k.producer_acquire(at);
-    copy(params.tma_k.with(*pipeline_k.producer_get_barrier(at), multicast_mask), tKgK(_, n),
-         tKsK(_, at.index()));
+    copy(params.tma_k.with(*pipeline_k.producer_get_barrier(at), 0), tKgK(_, n), tKsK(_, at.index()));
   };
   auto load_v = [&, &tVgV = tVgV, &tVsV = tVsV](int n, PipelineState const& at) {
     pipeline_v.producer_acquire(at);
-    copy(params.tma_v.with(*pipeline_v.producer_get_barrier(at), multicast_mask), tVgV(_, n),
-         tVsV(_, at.index()));
+    copy(params.tma_v.with(*pipeline_v.producer_get_barrier(at), 0), tVgV(_, n), tVsV(_, at.index()));
   };
   if constexpr (overlapped_loop<Traits>()) {
     // The consumers issue S(n) with PV(previous kept tile): load in that order, K one kept tile ahead of V, so

@@ -66,24 +66,6 @@ CUTE_DEVICE auto key_tile_gemms(typename Traits::SharedStorage& shared, int thre
       mma_qk, mma_pv, tSrQ, tSrK, tOrV};
 }
 
-// Consumer release of K/V stage `state`. Outside a cluster every consumer thread arrives on the stage's empty
-// barrier (the pipeline's own release). In a cluster each consumer warpgroup arrives once on every CTA's empty
-// barrier, which the pipeline arms for kClusterM x warpgroups arrivals: lane 0 of warp w signals CTA w. The
-// pipeline keeps its choice of signalling thread in two registers per pipeline for the whole key loop, four more
-// than the 176-key loop has; this one is recomputed (a shuffle and an elect) at each release. Branch-free: it
-// runs with a PV wgmma in flight.
-template <class Traits>
-CUTE_DEVICE void release_stage(typename Traits::Pipeline& pipeline, typename Traits::Pipeline::SharedStorage& storage,
-                               typename Traits::PipelineState const& state) {
-  if constexpr (Traits::kClusterM == 1) {
-    pipeline.consumer_release(state);
-  } else {
-    uint32_t const warp = uint32_t(cutlass::canonical_warp_idx_sync()) % 4;  // within the warpgroup
-    uint32_t const signals = cute::elect_one_sync() && warp < uint32_t(Traits::kClusterM);
-    storage.empty_barrier_[state.index()].arrive(warp, signals);
-  }
-}
-
 // Accumulator layout ((2,2,N/8), M, N') reread as the A-operand layout of a 16-bit RS wgmma,
 // ((2,2,2), M, N/16): each k-block of 16 columns is two adjacent 8-column blocks of the accumulator.
 template <class Layout>
@@ -228,7 +210,7 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
     gemms.issue_qk(state.index(), tSrAcc);
     turn.pass_turn();
     warpgroup_wait<0>();
-    release_stage<Traits>(pipeline_k, shared.pipeline_k, state);
+    pipeline_k.consumer_release(state);
 
     if constexpr (kDequantize) dequantize_scores(tSrAcc, tSrS, factor);
 
@@ -248,7 +230,7 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
     gemms.issue_pv(tOrP, state.index(), tOrO);
     skip.commit(n, needs, lane);
     warpgroup_wait<0>();
-    release_stage<Traits>(pipeline_v, shared.pipeline_v, state);
+    pipeline_v.consumer_release(state);
     ++state;
   }
   release_q(shared);
@@ -300,7 +282,7 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
     gemms.issue_qk(state.index(), tSrAcc);
     turn.pass_turn();
     warpgroup_wait<0>();
-    release_stage<Traits>(pipeline_k, shared.pipeline_k, state);
+    pipeline_k.consumer_release(state);
     if constexpr (kDequantize) dequantize_scores(tSrAcc, tSrS, factor);
     if (n == partial_tile) mask_partial_tile<kBlockN>(tSrS, n, partial_tile, params.seqlen_k, lane);
     softmax.step(tSrS, correction);  // O is still zero: its rescale waits for the next iteration like any other
@@ -323,7 +305,7 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
     gemms.issue_pv(tOrP, state_v.index(), tOrO);
     turn.pass_turn();
     warpgroup_wait<1>();  // S(n) landed; PV(p) may still run
-    release_stage<Traits>(pipeline_k, shared.pipeline_k, state);
+    pipeline_k.consumer_release(state);
     if constexpr (kDequantize) dequantize_scores(tSrAcc, tSrS, factor);
     if constexpr (decltype(masked)::value) mask_partial_tile<kBlockN>(tSrS, n, n, params.seqlen_k, lane);
     softmax.step(tSrS, correction);
@@ -331,7 +313,7 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
     asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(sink_addr), "f"(softmax.row_sum[0]),
                  "f"(softmax.row_sum[1]) : "memory");
     warpgroup_wait<0>();  // PV(p) done: O and the P registers are free again
-    release_stage<Traits>(pipeline_v, shared.pipeline_v, state_v);
+    pipeline_v.consumer_release(state_v);
     skip.commit(n, needs, lane);
     skip.record_gap(n, softmax, lane);
     convert_fragment_into(tSrS, rP);
@@ -354,7 +336,7 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
   gemms.issue_pv(tOrP, state_v.index(), tOrO);
   turn.pass_turn();
   warpgroup_wait<0>();
-  release_stage<Traits>(pipeline_v, shared.pipeline_v, state_v);
+  pipeline_v.consumer_release(state_v);
   release_q(shared);
   turn.finish();
 }

@@ -26,13 +26,7 @@ struct WorkTileScheduler {
   int num_heads;
 
   CUTE_DEVICE int first() const { return int(blockIdx.x); }
-  // The grid size is read afresh (volatile) at each step: with 24 registers the producer thread spilled it when
-  // the compiler kept it live across the walk.
-  CUTE_DEVICE int next(int tile) const {
-    uint32_t grid;
-    asm volatile("mov.u32 %0, %%nctaid.x;" : "=r"(grid));
-    return tile + int(grid);
-  }
+  CUTE_DEVICE int next(int tile) const { return tile + int(gridDim.x); }
   CUTE_DEVICE bool valid(int tile) const { return tile < num_tiles; }
   CUTE_DEVICE WorkTile decode(int tile) const {
     int const rest = tile / num_q_tiles;
@@ -44,20 +38,15 @@ struct WorkTileScheduler {
 #define LITEATTN_PERSISTENT 0
 #endif
 
-inline int round_up_to(int n, int multiple) { return (n + multiple - 1) / multiple * multiple; }
-
 // One CTA per work tile, or (persistent) one resident CTA per SM (a CTA takes most of an SM's shared memory),
-// never more CTAs than work tiles. `cluster` CTAs run as one cluster: the work tile count is a multiple of it,
-// and a persistent grid is rounded down to one, so that the CTAs of a cluster step through their tiles in
-// lockstep, always on one head. Returns the grid size, or minus a cudaError_t value.
-inline int work_grid_size(int num_work_tiles, int cluster) {
+// never more CTAs than work tiles. Returns the grid size, or minus a cudaError_t value.
+inline int work_grid_size(int num_work_tiles) {
   if (!LITEATTN_PERSISTENT) return num_work_tiles;
   int device = 0, sms = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (err != cudaSuccess) return -int(err);
-  int const grid = sms < num_work_tiles ? sms : num_work_tiles;
-  return grid / cluster * cluster;
+  return sms < num_work_tiles ? sms : num_work_tiles;
 }
 
 // Walks the set bits of one (b, h, query-tile) row of the keep bitmask, ascending or descending. Producer and

@@ -87,12 +87,6 @@ CUTE_DEVICE void run_work_tiles(Params const& params, typename Traits::SharedSto
       q_round += producer_load<Traits>(params, shared, scheduler.decode(tile), pipeline_k, pipeline_v, tiles,
                                        tiles.count(), state, q_round);
     }
-    if constexpr (Traits::kClusterM > 1) {
-      // The partner CTA's consumers release stages into this CTA's empty barriers: wait for every release before
-      // this CTA (and its shared memory) may exit.
-      pipeline_k.producer_tail(state);
-      pipeline_v.producer_tail(state);
-    }
     return;
   }
 
@@ -129,7 +123,7 @@ CUTE_DEVICE void run_work_tiles(Params const& params, typename Traits::SharedSto
 #if LITEATTN_TRACE
     // Development builds only: the work tile's timeline replaces the LSE of its first rows (bench/trace_tiles.py).
     consumer_sync<Traits::kNumMmaThreads>();
-    if (thread_idx == 0 && work.m_block * Traits::kBlockM < params.seqlen_q) {  // not a cluster's padding tile
+    if (thread_idx == 0) {
       uint32_t smid;
       asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
       uint32_t const stamps[6] = {t_start, t_loop, t_loop_end, trace_clock(), smid, uint32_t(num_kept)};
