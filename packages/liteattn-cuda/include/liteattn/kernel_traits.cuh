@@ -37,7 +37,6 @@ struct KernelTraits {
   using Element = Element_;
   using ElementAccum = float;
   static constexpr bool kSkipState = kSkipState_;
-  static constexpr bool kInt8QK = false;
 
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = kBlockM_;
@@ -113,23 +112,12 @@ struct KernelTraits {
   static_assert(kSmemBytes <= 227 * 1024, "shared storage exceeds the 227 KB an sm90 CTA may use");
 };
 
-// Consumer loop of the 128-key geometries (2 consumer warpgroups, 16-bit Q/K): 1 takes the kept key tiles two at
-// a time (consumer_mainloop_pairs: a 256-key S, one max reduction and one rescale of O per pair).
-#ifndef LITEATTN_PAIR_LOOP
-#define LITEATTN_PAIR_LOOP 0
-#endif
-
-template <class Traits>
-constexpr bool pair_loop() {
-  return LITEATTN_PAIR_LOOP && Traits::kBlockN == 128 && Traits::kNumMmaWarpgroups == 2 && !Traits::kInt8QK;
-}
-
 // Whether an instantiation runs the overlapped consumer loop. On an H100 it gains 4-6% at head dim 128, nothing
 // at 64 (where the exp2's, not the GEMMs, set the pace), and at 256 its extra live registers (P beside S, with O
 // at 128 per thread) spill (bench/NOTES-cuda.md, v9).
 template <class Traits>
 constexpr bool overlapped_loop() {
-  return LITEATTN_OVERLAP && Traits::kHeadDim == 128 && !pair_loop<Traits>();
+  return LITEATTN_OVERLAP && Traits::kHeadDim == 128;
 }
 
 // Stages per head dim: as many K/V stages as fit next to the Q tile in 227 KB.

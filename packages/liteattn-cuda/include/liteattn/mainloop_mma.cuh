@@ -341,96 +341,6 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
   turn.finish();
 }
 
-// The serial key loop taking the kept key tiles two at a time (16-bit Q/K): S(a) and S(b) in one wgmma batch, one
-// softmax step over both (one max reduction, one rescale of O), then PV(a) and PV(b) in one batch; the skip test
-// still votes per tile against the running max before it. An odd last tile runs alone. Needs at least 3 K/V
-// stages to load ahead of a pair; the producer's order is the serial loop's (K(n), V(n) per kept tile).
-template <class Traits, class Params, class TensorO, class SkipWriter, class TileIterator>
-CUTE_DEVICE void consumer_mainloop_pairs(Params const& params, typename Traits::SharedStorage& shared,
-                                         typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
-                                         TileIterator tiles, int thread_idx, TensorO& tOrO, OnlineSoftmax& softmax,
-                                         SkipWriter const& skip, typename Traits::PipelineState& state, int q_round) {
-  using Element = typename Traits::Element;
-  constexpr int kBlockN = Traits::kBlockN;
-  auto gemms = key_tile_gemms<Traits>(shared, thread_idx);
-  Tensor tSrA = partition_fragment_C(gemms.mma_qk, select<0, 1>(typename Traits::TileShapeMNK{}));  // (MMA, M, N)
-  Tensor tSrB = partition_fragment_C(gemms.mma_qk, select<0, 1>(typename Traits::TileShapeMNK{}));
-  static_assert(std::is_same_v<typename decltype(tSrA)::value_type, float>, "16-bit Q/K only");
-
-  int const lane = thread_idx % 32;
-  int const partial_tile = params.seqlen_k % kBlockN == 0 ? -1 : params.num_k_tiles - 1;
-  PingPong<Traits::kNumMmaWarpgroups> turn{thread_idx / 128};
-  turn.start();
-  shared.barrier_q.wait(q_round & 1);
-
-  for (int a = tiles.next(); a >= 0; a = tiles.next()) {
-    int const b = tiles.next();
-    if (b < 0) {  // the odd last kept tile
-      turn.wait_turn();
-      pipeline_k.consumer_wait(state);
-      gemms.issue_qk(state.index(), tSrA);
-      turn.pass_turn();
-      warpgroup_wait<0>();
-      pipeline_k.consumer_release(state);
-      if (a == partial_tile) mask_partial_tile<kBlockN>(tSrA, a, partial_tile, params.seqlen_k, lane);
-      float correction[2];
-      softmax.step(tSrA, correction);
-      bool const needs = skip.needs(softmax);
-      skip.record_gap(a, softmax, lane);
-      rescale_o(tOrO, correction);
-      Tensor rP = convert_fragment<Element>(tSrA);
-      Tensor tOrP = make_tensor(rP.data(), acc_layout_as_a_operand(rP.layout()));
-      pipeline_v.consumer_wait(state);
-      gemms.issue_pv(tOrP, state.index(), tOrO);
-      skip.commit(a, needs, lane);
-      warpgroup_wait<0>();
-      pipeline_v.consumer_release(state);
-      ++state;
-      break;
-    }
-    auto state_b = state;
-    ++state_b;
-    turn.wait_turn();
-    pipeline_k.consumer_wait(state);
-    pipeline_k.consumer_wait(state_b);
-    gemms.issue_qk(state.index(), tSrA);
-    gemms.issue_qk(state_b.index(), tSrB);
-    turn.pass_turn();
-    warpgroup_wait<0>();
-    pipeline_k.consumer_release(state);
-    pipeline_k.consumer_release(state_b);
-
-    // Only the last key tile can be partial, and it is a or b.
-    if (a == partial_tile) mask_partial_tile<kBlockN>(tSrA, a, partial_tile, params.seqlen_k, lane);
-    if (b == partial_tile) mask_partial_tile<kBlockN>(tSrB, b, partial_tile, params.seqlen_k, lane);
-    float correction[2];
-    TileMaxima const maxima_a = softmax.step_pair(tSrA, tSrB, correction);
-    bool const needs_a = skip.needs(maxima_a);
-    bool const needs_b = skip.needs(softmax);
-    skip.record_gap(a, maxima_a, lane);
-    skip.record_gap(b, softmax, lane);
-    rescale_o(tOrO, correction);
-    Tensor rPa = convert_fragment<Element>(tSrA);
-    Tensor rPb = convert_fragment<Element>(tSrB);
-    Tensor tOrPa = make_tensor(rPa.data(), acc_layout_as_a_operand(rPa.layout()));
-    Tensor tOrPb = make_tensor(rPb.data(), acc_layout_as_a_operand(rPb.layout()));
-
-    pipeline_v.consumer_wait(state);
-    pipeline_v.consumer_wait(state_b);
-    gemms.issue_pv(tOrPa, state.index(), tOrO);
-    gemms.issue_pv(tOrPb, state_b.index(), tOrO);
-    skip.commit(a, needs_a, lane);
-    skip.commit(b, needs_b, lane);
-    warpgroup_wait<0>();
-    pipeline_v.consumer_release(state);
-    pipeline_v.consumer_release(state_b);
-    ++state;
-    ++state;
-  }
-  release_q(shared);
-  turn.finish();
-}
-
 // The consumers' key loop of one work tile (at least one kept key tile); leaves the unnormalised O in tOrO.
 // `state` is the K/V ring position carried across work tiles; `q_round` the number of Q loads before this tile's.
 // With INT8 Q/K (Traits::TiledMmaQK accumulates s32), `scale` gives each tile's dequantisation factor and the
@@ -444,10 +354,7 @@ CUTE_DEVICE void consumer_mainloop(Params const& params, typename Traits::Shared
                                    ScoreScale const& scale = {}) {
   static_assert(!LITEATTN_PINGPONG || !Traits::kSkipState || Traits::kNumMmaWarpgroups < kSkipBarrierId,
                 "the ping-pong barriers 1..W would collide with the skip test's named barrier");
-  if constexpr (pair_loop<Traits>()) {
-    consumer_mainloop_pairs<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO, softmax, skip,
-                                    state, q_round);
-  } else if constexpr (overlapped_loop<Traits>()) {
+  if constexpr (overlapped_loop<Traits>()) {
     consumer_mainloop_overlap<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO, softmax, skip,
                                       state, q_round, scale);
   } else {

@@ -11,10 +11,7 @@
 
 namespace liteattn {
 
-#ifndef LITEATTN_MAX_SKIP_WORDS
-#define LITEATTN_MAX_SKIP_WORDS 256
-#endif
-constexpr int kMaxSkipWords = LITEATTN_MAX_SKIP_WORDS;  // rows of up to 8192 key tiles (1M keys at block_n 128)
+constexpr int kMaxSkipWords = 256;  // write_bits rows of up to 8192 key tiles (1M keys at block_n 128)
 constexpr int kSkipBarrierId = 3;   // named barrier over the consumer threads (0: __syncthreads, 1-2: ping-pong)
 
 // Named barrier over the consumer warpgroups only (the producer thread runs ahead and never joins). It orders
@@ -46,16 +43,14 @@ struct SkipTestWriter {
 
   // After softmax.step on tile n: does one of this thread's rows need the tile? Two compares, taken right after
   // the softmax; the warp vote (commit) can wait until the next wgmma's are issued, off the serial path.
-  template <class Maxima>  // OnlineSoftmax (its last tile) or TileMaxima
-  CUTE_DEVICE bool needs(Maxima const& softmax) const {
+  CUTE_DEVICE bool needs(OnlineSoftmax const& softmax) const {
     if (!enabled()) return false;
     return row_needs(softmax);
   }
 
   // The same without the enabled() test: branch-free, for code that must not branch while a wgmma is in flight
   // (commit ignores the answer when the skip test is off).
-  template <class Maxima>
-  CUTE_DEVICE bool row_needs(Maxima const& softmax) const {
+  CUTE_DEVICE bool row_needs(OnlineSoftmax const& softmax) const {
     bool needs = false;
     CUTE_UNROLL
     for (int r = 0; r < 2; ++r) needs |= row_valid[r] && gap(softmax, r) > threshold_log2;
@@ -68,19 +63,16 @@ struct SkipTestWriter {
     if (__any_sync(0xffffffffu, needs) && lane == 0) atomicOr(&smem_words[n / 32], 1u << (n % 32));
   }
 
-  template <class Maxima>
-  CUTE_DEVICE void vote(int n, Maxima const& softmax, int lane) const { commit(n, needs(softmax), lane); }
+  CUTE_DEVICE void vote(int n, OnlineSoftmax const& softmax, int lane) const { commit(n, needs(softmax), lane); }
 
   // Tile gaps (docs/backend-contract.md): the largest m_tile - m_run over the valid rows, +inf for a row's first
   // tile; the same expression the vote compares, so gaps > t is the written bit at any t. Only calibration asks
   // for them: one global float max per warp and tile into a row the host filled with -inf.
-  template <class Maxima>
-  CUTE_DEVICE static float gap(Maxima const& softmax, int r) {
+  CUTE_DEVICE static float gap(OnlineSoftmax const& softmax, int r) {
     return softmax.prev_max[r] == -INFINITY ? INFINITY : (softmax.tile_max[r] - softmax.prev_max[r]) * softmax.scale_log2;
   }
 
-  template <class Maxima>
-  CUTE_DEVICE void record_gap(int n, Maxima const& softmax, int lane) const {
+  CUTE_DEVICE void record_gap(int n, OnlineSoftmax const& softmax, int lane) const {
     if (gmem_gaps == nullptr) return;
     float g = -INFINITY;
     CUTE_UNROLL
@@ -111,11 +103,11 @@ struct SkipTestWriter {
 // The skip test of kernels without a skip state: every call compiles away.
 struct NoSkipTest {
   CUTE_DEVICE void begin(int) const {}
-  template <class M> CUTE_DEVICE bool needs(M const&) const { return false; }
-  template <class M> CUTE_DEVICE bool row_needs(M const&) const { return false; }
+  CUTE_DEVICE bool needs(OnlineSoftmax const&) const { return false; }
+  CUTE_DEVICE bool row_needs(OnlineSoftmax const&) const { return false; }
   CUTE_DEVICE void commit(int, bool, int) const {}
-  template <class M> CUTE_DEVICE void vote(int, M const&, int) const {}
-  template <class M> CUTE_DEVICE void record_gap(int, M const&, int) const {}
+  CUTE_DEVICE void vote(int, OnlineSoftmax const&, int) const {}
+  CUTE_DEVICE void record_gap(int, OnlineSoftmax const&, int) const {}
   CUTE_DEVICE void end(int) const {}
 };
 

@@ -39,25 +39,6 @@ CUTE_DEVICE float quad_sum(float x) {
   return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
-// The running-max bookkeeping of one computed key tile, as the skip test reads it (OnlineSoftmax keeps the last
-// tile's; step_pair returns the first tile's of a pair).
-struct TileMaxima {
-  float tile_max[2];  // max raw score of the tile per row (quad-reduced)
-  float prev_max[2];  // running max before the tile (-inf before the first)
-  float scale_log2;
-};
-
-// Per-row max of a score fragment, reduced over the quad that shares each row.
-template <class TensorS>
-CUTE_DEVICE void row_maxima(TensorS const& tSrS, float (&tile_max)[2]) {
-  constexpr int N = decltype(size(tSrS))::value;
-  tile_max[0] = tile_max[1] = -INFINITY;
-  CUTE_UNROLL
-  for (int i = 0; i < N; ++i) tile_max[acc_row(i)] = fmaxf(tile_max[acc_row(i)], tSrS(i));
-  CUTE_UNROLL
-  for (int r = 0; r < 2; ++r) tile_max[r] = quad_max(tile_max[r]);
-}
-
 struct OnlineSoftmax {
   float row_max[2];   // running max of the raw scores q.k (unscaled)
   float row_sum[2];   // this thread's partial sum of exp2; reduced over the quad once, at the end
@@ -74,51 +55,22 @@ struct OnlineSoftmax {
   // each row's accumulator (exp2 of the max shift).
   template <class TensorS>
   CUTE_DEVICE void step(TensorS& tSrS, float (&correction)[2]) {
-    row_maxima(tSrS, tile_max);
+    constexpr int N = decltype(size(tSrS))::value;
+    tile_max[0] = tile_max[1] = -INFINITY;
     CUTE_UNROLL
-    for (int r = 0; r < 2; ++r) prev_max[r] = row_max[r];
-    advance_max(tile_max, correction);
-    exponentiate(tSrS);
-  }
-
-  // Two key tiles visited in the order a, b as one step: one rescale of O for both. The skip test sees each
-  // tile against the running max before it, as if they were two steps: a's maxima are returned, b's are kept.
-  template <class TensorS>
-  CUTE_DEVICE TileMaxima step_pair(TensorS& tSrA, TensorS& tSrB, float (&correction)[2]) {
-    TileMaxima a;
-    a.scale_log2 = scale_log2;
-    row_maxima(tSrA, a.tile_max);
-    row_maxima(tSrB, tile_max);
-    float both[2];
+    for (int i = 0; i < N; ++i) tile_max[acc_row(i)] = fmaxf(tile_max[acc_row(i)], tSrS(i));
+    float new_max[2];
     CUTE_UNROLL
     for (int r = 0; r < 2; ++r) {
-      a.prev_max[r] = row_max[r];
-      prev_max[r] = fmaxf(row_max[r], a.tile_max[r]);
-      both[r] = fmaxf(a.tile_max[r], tile_max[r]);
-    }
-    advance_max(both, correction);
-    exponentiate(tSrA);
-    exponentiate(tSrB);
-    return a;
-  }
-
-  // Running max <- max(running max, seen); rescales the row sums and returns O's rescale factor.
-  CUTE_DEVICE void advance_max(float const (&seen)[2], float (&correction)[2]) {
-    CUTE_UNROLL
-    for (int r = 0; r < 2; ++r) {
-      // Every kept key tile has at least one valid key, so the new max is finite after the first tile.
-      float const new_max = fmaxf(row_max[r], seen[r]);
-      correction[r] = exp2f((row_max[r] - new_max) * scale_log2);
-      row_max[r] = new_max;
+      tile_max[r] = quad_max(tile_max[r]);
+      prev_max[r] = row_max[r];
+      // Every kept key tile has at least one valid key, so new_max is finite after the first tile.
+      new_max[r] = fmaxf(row_max[r], tile_max[r]);
+      correction[r] = exp2f((row_max[r] - new_max[r]) * scale_log2);
+      row_max[r] = new_max[r];
       row_sum[r] *= correction[r];
     }
-  }
-
-  // Scores -> unnormalised probabilities under the current running max, added to the row sums.
-  template <class TensorS>
-  CUTE_DEVICE void exponentiate(TensorS& tSrS) {
-    constexpr int N = decltype(size(tSrS))::value;
-    float const max_scaled[2] = {row_max[0] * scale_log2, row_max[1] * scale_log2};
+    float const max_scaled[2] = {new_max[0] * scale_log2, new_max[1] * scale_log2};
     CUTE_UNROLL
     for (int i = 0; i < N; ++i) {
       // One FFMA + MUFU.EX2 per score; masked scores are -inf and give 0.
