@@ -2,6 +2,8 @@
 // shared-memory layouts, TMA descriptor types and the shared-storage struct.
 #pragma once
 
+#include <type_traits>
+
 #include <cute/tensor.hpp>
 #include <cute/atom/mma_atom.hpp>
 #include <cute/atom/copy_traits_sm90_tma.hpp>
@@ -25,6 +27,11 @@
 // softmax and PV in turn (consumer_mainloop_serial).
 #ifndef LITEATTN_OVERLAP
 #define LITEATTN_OVERLAP 1
+#endif
+
+// Q in registers for QK^T in the skip-state kernels (KernelTraits::kQInRegisters; 0 builds the SS variant).
+#ifndef LITEATTN_Q_IN_REGISTERS
+#define LITEATTN_Q_IN_REGISTERS 1
 #endif
 
 namespace liteattn {
@@ -57,9 +64,15 @@ struct KernelTraits {
   using TileShapePV = Shape<Int<kBlockM>, Int<kHeadDim>, Int<kBlockN>>;    // (BM, D, BN) for O = P V
   using AtomLayoutMNK = Layout<Shape<Int<kNumMmaWarpgroups>, _1, _1>>;
 
-  // S = Q K^T: both operands in smem, K-major (head dim contiguous).
-  using TiledMmaQK = decltype(make_tiled_mma(
-      SM90::GMMA::ss_op_selector<Element, Element, ElementAccum, TileShapeMNK>(), AtomLayoutMNK{}));
+  // S = Q K^T, K-major operands (head dim contiguous). Every key tile's wgmma reads Q: from shared memory (SS) a
+  // 64 x 16 slab of Q per instruction adds half again to K's shared-memory reads. kQInRegisters loads Q into
+  // registers once per work tile instead (RS wgmma, D/4 registers per thread): 1-2% on an H100 for the
+  // skip-state kernels (bench/NOTES-cuda.md, seventh round). The 176-key dense tile has no registers to spare.
+  static constexpr bool kQInRegisters = LITEATTN_Q_IN_REGISTERS && kSkipState;
+  using MmaQKOp = std::conditional_t<kQInRegisters,
+                                     decltype(SM90::GMMA::rs_op_selector<Element, Element, ElementAccum, TileShapeMNK>()),
+                                     decltype(SM90::GMMA::ss_op_selector<Element, Element, ElementAccum, TileShapeMNK>())>;
+  using TiledMmaQK = decltype(make_tiled_mma(MmaQKOp{}, AtomLayoutMNK{}));
   // O += P V: P from registers (the softmax output never touches smem), V^T from smem, MN-major.
   using TiledMmaPV = decltype(make_tiled_mma(
       SM90::GMMA::rs_op_selector<Element, Element, ElementAccum, TileShapePV, GMMA::Major::K,

@@ -21,6 +21,7 @@ struct KernelTraitsInt8 {
   using ElementAccum = float;     // O and the dequantised scores
   using ElementAccumQK = int32_t; // the QK^T wgmma accumulator
   static constexpr bool kSkipState = true;  // INT8 calls always run the skip-state geometry
+  static constexpr bool kQInRegisters = false;  // Q (int8) is read from shared memory
 
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = kBlockM_;

@@ -4,6 +4,9 @@
 
 #include <type_traits>
 
+#include <cute/atom/copy_atom.hpp>
+#include <cute/atom/copy_traits_sm75.hpp>
+
 #include "kernel_traits.cuh"
 #include "softmax.cuh"
 #include "tile_scheduler.cuh"
@@ -28,20 +31,20 @@ CUTE_DEVICE void wgmma_gemm(TiledMma& mma, TA const& tCrA, TB const& tCrB, TC& t
   if constexpr (kARegs) warpgroup_fence_operand(const_cast<TA&>(tCrA));
 }
 
-// The two GEMMs of a key tile on this thread's partitions of Q, K[stage] and V^T[stage] in shared memory; each call
-// issues one wgmma batch and leaves the wait to the caller.
-template <class MmaQK, class MmaPV, class FragQ, class FragK, class FragV>
+// The two GEMMs of a key tile on this thread's partitions of Q (shared memory or registers), K[stage] and
+// V^T[stage]; each call issues one wgmma batch and leaves the wait to the caller.
+template <class MmaQK, class MmaPV, class FragQ, class FragK, class FragV, bool kQInRegisters>
 struct KeyTileGemms {
   MmaQK mma_qk;
   MmaPV mma_pv;
-  FragQ tSrQ;  // (MMA, MMA_M, MMA_K) smem descriptors
+  FragQ tSrQ;  // (MMA, MMA_M, MMA_K) smem descriptors, or (kQInRegisters) Q itself
   FragK tSrK;  // (MMA, MMA_N, MMA_K, stage)
   FragV tOrV;  // (MMA, MMA_N, MMA_K, stage)
 
   // S = Q K[stage]^T
   template <class TensorS>
   CUTE_DEVICE void issue_qk(int stage, TensorS& tSrS) {
-    wgmma_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_qk, tSrQ, tSrK(_, _, _, stage), tSrS);
+    wgmma_gemm</*kZeroInit=*/true, kQInRegisters>(mma_qk, tSrQ, tSrK(_, _, _, stage), tSrS);
   }
   // O += P V[stage], P from registers
   template <class TensorP, class TensorO>
@@ -62,8 +65,20 @@ CUTE_DEVICE auto key_tile_gemms(typename Traits::SharedStorage& shared, int thre
   Tensor tSrQ = thr_qk.partition_fragment_A(sQ);
   Tensor tSrK = thr_qk.partition_fragment_B(sK);
   Tensor tOrV = thr_pv.partition_fragment_B(sVt);
-  return KeyTileGemms<decltype(mma_qk), decltype(mma_pv), decltype(tSrQ), decltype(tSrK), decltype(tOrV)>{
-      mma_qk, mma_pv, tSrQ, tSrK, tOrV};
+  return KeyTileGemms<decltype(mma_qk), decltype(mma_pv), decltype(tSrQ), decltype(tSrK), decltype(tOrV),
+                      Traits::kQInRegisters>{mma_qk, mma_pv, tSrQ, tSrK, tOrV};
+}
+
+// With Q in registers: after barrier_q, copy this thread's part of the Q tile out of shared memory (ldmatrix,
+// the RS wgmma's A layout). Otherwise nothing: the wgmma's read Q from shared memory.
+template <class Traits, class Gemms>
+CUTE_DEVICE void load_q(typename Traits::SharedStorage& shared, int thread_idx, Gemms& gemms) {
+  if constexpr (Traits::kQInRegisters) {
+    Tensor sQ = make_tensor(make_smem_ptr(shared.smem_q.data()), typename Traits::SmemLayoutQ{});  // (BM, D)
+    auto copy_q = make_tiled_copy_A(Copy_Atom<SM75_U32x4_LDSM_N, typename Traits::Element>{}, gemms.mma_qk);
+    auto thr_copy = copy_q.get_thread_slice(thread_idx);
+    copy(copy_q, thr_copy.partition_S(sQ), thr_copy.retile_D(gemms.tSrQ));
+  }
 }
 
 // Accumulator layout ((2,2,N/8), M, N') reread as the A-operand layout of a 16-bit RS wgmma,
@@ -201,6 +216,7 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
 
   // Consumers wait on barrier_q (armed by the producer) once per work tile, before the first QK^T.
   shared.barrier_q.wait(q_round & 1);
+  load_q<Traits>(shared, thread_idx, gemms);
 
   for (int n = tiles.next(); n >= 0; n = tiles.next()) {
     float const factor = scale.factor(n);  // INT8: issued before the waits, used after
@@ -271,6 +287,7 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
   PingPong<Traits::kNumMmaWarpgroups> turn{thread_idx / 128};
   turn.start();
   shared.barrier_q.wait(q_round & 1);
+  load_q<Traits>(shared, thread_idx, gemms);
 
   // First kept tile: S alone (nothing to overlap it with); a branch is free while no wgmma is in flight.
   int n = tiles.next();
