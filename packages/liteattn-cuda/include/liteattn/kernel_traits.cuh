@@ -67,8 +67,9 @@ struct KernelTraits {
   // S = Q K^T, K-major operands (head dim contiguous). Every key tile's wgmma reads Q: from shared memory (SS) a
   // 64 x 16 slab of Q per instruction adds half again to K's shared-memory reads. kQInRegisters loads Q into
   // registers once per work tile instead (RS wgmma, D/4 registers per thread): 1-2% on an H100 for the
-  // skip-state kernels (bench/NOTES-cuda.md, seventh round). The 176-key dense tile has no registers to spare.
-  static constexpr bool kQInRegisters = LITEATTN_Q_IN_REGISTERS && kSkipState;
+  // skip-state kernels (bench/NOTES-cuda.md, seventh round). The 176-key dense tile and head dim 256 (O alone is
+  // 128 registers) have no registers to spare: both spilled.
+  static constexpr bool kQInRegisters = LITEATTN_Q_IN_REGISTERS && kSkipState && kHeadDim <= 128;
   using MmaQKOp = std::conditional_t<kQInRegisters,
                                      decltype(SM90::GMMA::rs_op_selector<Element, Element, ElementAccum, TileShapeMNK>()),
                                      decltype(SM90::GMMA::ss_op_selector<Element, Element, ElementAccum, TileShapeMNK>())>;
