@@ -51,7 +51,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
 
   run_work_tiles<Traits>(params, shared, pipeline_k, pipeline_v,
                          [&](WorkTile const&, int, auto tiles, int thread_idx, auto& tOrO, auto& softmax,
-                             auto const& skip, auto& state, int q_round) {
+                             auto& skip, auto& state, int q_round) {
                            consumer_mainloop<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO,
                                                      softmax, skip, state, q_round);
                          });

@@ -55,7 +55,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
 
   run_work_tiles<Traits>(params, shared, pipeline_k, pipeline_v,
                          [&](WorkTile const& work, int tile, auto tiles, int thread_idx, auto& tOrO,
-                             auto& softmax, auto const& skip, auto& state, int q_round) {
+                             auto& softmax, auto& skip, auto& state, int q_round) {
                            float const q_scale = __ldg(params.q_scale + tile);
                            int const head_kv = work.head / params.head_ratio;
                            float const* k_scale_row =

@@ -131,6 +131,13 @@ struct PingPong {
   CUTE_DEVICE void finish() const { if constexpr (kNumMmaWarpgroups > 1) if (wg == 0) bar_sync(1); }
 };
 
+// Overlapped loop: rescale O for tile n's max shift after PV(p) completes, at the end of the iteration (with the
+// warp-uniform skip), instead of before issuing PV(n) in the next one. Development flag.
+#ifndef LITEATTN_RESCALE_AFTER_PV
+#define LITEATTN_RESCALE_AFTER_PV 0
+#endif
+constexpr bool kRescaleAfterPv = LITEATTN_RESCALE_AFTER_PV;
+
 #ifndef LITEATTN_LAZY_RESCALE
 #define LITEATTN_LAZY_RESCALE 1
 #endif
@@ -199,7 +206,7 @@ template <class Traits, class Params, class TensorO, class SkipWriter, class Sco
 CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits::SharedStorage& shared,
                                           typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
                                           TileIterator tiles, int thread_idx, TensorO& tOrO,
-                                          OnlineSoftmax& softmax, SkipWriter const& skip,
+                                          OnlineSoftmax& softmax, SkipWriter& skip,
                                           typename Traits::PipelineState& state, int q_round, ScoreScale const& scale) {
   using Element = typename Traits::Element;
   constexpr int kBlockN = Traits::kBlockN;
@@ -265,7 +272,7 @@ template <class Traits, class Params, class TensorO, class SkipWriter, class Sco
 CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits::SharedStorage& shared,
                                            typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
                                            TileIterator tiles, int thread_idx, TensorO& tOrO,
-                                           OnlineSoftmax& softmax, SkipWriter const& skip,
+                                           OnlineSoftmax& softmax, SkipWriter& skip,
                                            typename Traits::PipelineState& state, int q_round, ScoreScale const& scale) {
   using Element = typename Traits::Element;
   constexpr int kBlockN = Traits::kBlockN;
@@ -317,8 +324,10 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
     pipeline_k.consumer_wait(state);
     pipeline_v.consumer_wait(state_v);
     gemms.issue_qk(state.index(), tSrAcc);
-    CUTE_UNROLL
-    for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= correction[acc_row(i)];  // the previous tile's max shift
+    if constexpr (!kRescaleAfterPv) {
+      CUTE_UNROLL
+      for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= correction[acc_row(i)];  // the previous tile's max shift
+    }
     gemms.issue_pv(tOrP, state_v.index(), tOrO);
     turn.pass_turn();
     warpgroup_wait<1>();  // S(n) landed; PV(p) may still run
@@ -334,6 +343,7 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
     skip.commit(n, needs, lane);
     skip.record_gap(n, softmax, lane);
     convert_fragment_into(tSrS, rP);
+    if constexpr (kRescaleAfterPv) rescale_o(tOrO, correction);  // this tile's max shift, nothing in flight
     ++state_v;
     ++state;
   };
@@ -348,8 +358,10 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
   // The last kept tile's PV.
   turn.wait_turn();
   pipeline_v.consumer_wait(state_v);
-  CUTE_UNROLL
-  for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= correction[acc_row(i)];
+  if constexpr (!kRescaleAfterPv) {
+    CUTE_UNROLL
+    for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= correction[acc_row(i)];
+  }
   gemms.issue_pv(tOrP, state_v.index(), tOrO);
   turn.pass_turn();
   warpgroup_wait<0>();
@@ -367,7 +379,7 @@ template <class Traits, class Params, class TensorO, class SkipWriter, class Til
 CUTE_DEVICE void consumer_mainloop(Params const& params, typename Traits::SharedStorage& shared,
                                    typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
                                    TileIterator tiles, int thread_idx, TensorO& tOrO, OnlineSoftmax& softmax,
-                                   SkipWriter const& skip, typename Traits::PipelineState& state, int q_round,
+                                   SkipWriter& skip, typename Traits::PipelineState& state, int q_round,
                                    ScoreScale const& scale = {}) {
   static_assert(!LITEATTN_PINGPONG || !Traits::kSkipState || Traits::kNumMmaWarpgroups < kSkipBarrierId,
                 "the ping-pong barriers 1..W would collide with the skip test's named barrier");

@@ -1,7 +1,9 @@
 // The in-kernel skip test (docs/backend-contract.md): for every computed tile, a valid query row needs it iff
-// m_tile - m_run > threshold (log2 units; the first computed tile is always needed). The consumer warps vote
-// per tile into a CTA-local bitmask in shared memory (one shared atomicOr per warp and tile, no global
-// atomics); after the key loop the consumers store the whole (b, h, query-tile) row of write_bits.
+// m_tile - m_run > threshold (log2 units; the first computed tile is always needed). Each thread collects its
+// rows' votes for the current 32 key tiles in one register; when the walk leaves those 32 tiles (tiles are
+// visited in order, ascending or descending) a warp OR-reduction and one shared atomicOr per warp merge them
+// into a CTA-local bitmask. After the key loop the consumers store the whole (b, h, query-tile) row of
+// write_bits; no global atomics.
 #pragma once
 
 #include <cstdint>
@@ -26,9 +28,16 @@ struct SkipTestWriter {
   uint32_t* smem_words;   // kMaxSkipWords words in shared memory
   int32_t* gmem_words;    // this CTA's row of write_bits, or nullptr: no skip test
   int num_words;
-  float threshold_log2;   // threshold[h]
-  bool row_valid[2];      // this thread's two rows are < Sq (padded rows never vote)
+  float row_threshold[2]; // threshold[h] for this thread's two rows, +inf for rows >= Sq (they never vote)
+  bool row_valid[2];      // this thread's two rows are < Sq
   float* gmem_gaps;       // this CTA's row of tile_gaps (KT floats), or nullptr
+  int word = -1;          // the 32-tile word whose votes `bits` holds
+  uint32_t bits = 0u;     // this thread's votes for the tiles of `word`
+
+  // A finite per-row threshold (+inf only for rows >= Sq): the first tile's gap is +inf and must win.
+  CUTE_DEVICE static float row_threshold_of(float threshold_log2, bool valid) {
+    return valid ? fminf(threshold_log2, 3.402823466e38f) : INFINITY;
+  }
 
   CUTE_DEVICE static void consumer_bar() { consumer_sync<kNumMmaThreads>(); }
 
@@ -50,20 +59,36 @@ struct SkipTestWriter {
 
   // The same without the enabled() test: branch-free, for code that must not branch while a wgmma is in flight
   // (commit ignores the answer when the skip test is off).
+  // Before a row's first tile its running max is -inf, so the difference is +inf and beats any row_threshold
+  // of a valid row: gap()'s special case is not needed here.
   CUTE_DEVICE bool row_needs(OnlineSoftmax const& softmax) const {
     bool needs = false;
     CUTE_UNROLL
-    for (int r = 0; r < 2; ++r) needs |= row_valid[r] && gap(softmax, r) > threshold_log2;
+    for (int r = 0; r < 2; ++r) {
+      needs |= (softmax.tile_max[r] - softmax.prev_max[r]) * softmax.scale_log2 > row_threshold[r];
+    }
     return needs;
   }
 
-  // OR the warp's vote for tile n into the CTA's bitmask (one shared atomic per warp).
-  CUTE_DEVICE void commit(int n, bool needs, int lane) const {
+  // Record this thread's vote for tile n; a tile outside the current word first merges the word into the CTA's
+  // bitmask. n is warp-uniform, so is the branch.
+  CUTE_DEVICE void commit(int n, bool needs, int lane) {
     if (!enabled()) return;
-    if (__any_sync(0xffffffffu, needs) && lane == 0) atomicOr(&smem_words[n / 32], 1u << (n % 32));
+    if ((n >> 5) != word) {
+      flush(lane);
+      word = n >> 5;
+    }
+    bits |= uint32_t(needs) << (n & 31);
   }
 
-  CUTE_DEVICE void vote(int n, OnlineSoftmax const& softmax, int lane) const { commit(n, needs(softmax), lane); }
+  CUTE_DEVICE void vote(int n, OnlineSoftmax const& softmax, int lane) { commit(n, needs(softmax), lane); }
+
+  // OR the warp's votes for `word` into the CTA's bitmask (one shared atomic per warp, none for no vote).
+  CUTE_DEVICE void flush(int lane) {
+    uint32_t const warp_bits = __reduce_or_sync(0xffffffffu, bits);
+    if (lane == 0 && warp_bits != 0u) atomicOr(&smem_words[word], warp_bits);
+    bits = 0u;
+  }
 
   // Tile gaps (docs/backend-contract.md): the largest m_tile - m_run over the valid rows, +inf for a row's first
   // tile; the same expression the vote compares, so gaps > t is the written bit at any t. Only calibration asks
@@ -93,8 +118,9 @@ struct SkipTestWriter {
   }
 
   // Store the CTA's row: every word, also when no tile was computed (then all zero).
-  CUTE_DEVICE void end(int thread_idx) const {
+  CUTE_DEVICE void end(int thread_idx) {
     if (!enabled()) return;
+    flush(thread_idx % 32);
     consumer_bar();
     for (int w = thread_idx; w < num_words; w += kNumMmaThreads) gmem_words[w] = int32_t(smem_words[w]);
   }

@@ -39,14 +39,17 @@ CUTE_DEVICE auto skip_test_writer(Params const& params, typename Traits::SharedS
                                   int tile, int thread_idx) {
   if constexpr (Traits::kSkipState) {
     // A row votes only if it is a real query row (rows of this thread as in the epilogue).
+    using Writer = SkipTestWriter<Traits::kNumMmaThreads>;
     int const row0 = work.m_block * Traits::kBlockM + (thread_idx / 128) * 64 + ((thread_idx % 128) / 32) * 16 +
                      (thread_idx % 32) / 4;
-    return SkipTestWriter<Traits::kNumMmaThreads>{
+    bool const valid[2] = {row0 < params.seqlen_q, row0 + 8 < params.seqlen_q};
+    float const threshold = params.write_bits == nullptr ? 0.f : __ldg(params.thresholds + work.head);
+    return Writer{
         shared.skip_words,
         params.write_bits == nullptr ? nullptr : params.write_bits + int64_t(tile) * params.num_words,
         params.num_words,
-        params.write_bits == nullptr ? 0.f : __ldg(params.thresholds + work.head),
-        {row0 < params.seqlen_q, row0 + 8 < params.seqlen_q},
+        {Writer::row_threshold_of(threshold, valid[0]), Writer::row_threshold_of(threshold, valid[1])},
+        {valid[0], valid[1]},
         params.tile_gaps == nullptr ? nullptr : params.tile_gaps + int64_t(tile) * params.num_k_tiles};
   } else {
     return NoSkipTest{};
@@ -110,7 +113,7 @@ CUTE_DEVICE void run_work_tiles(Params const& params, typename Traits::SharedSto
     Tensor tOrO = partition_fragment_C(mma_pv, select<0, 1>(typename Traits::TileShapePV{}));  // (MMA, MMA_M, MMA_N)
     clear(tOrO);
     OnlineSoftmax softmax(params.scale_log2);
-    auto const skip = skip_test_writer<Traits>(params, shared, work, tile, thread_idx);
+    auto skip = skip_test_writer<Traits>(params, shared, work, tile, thread_idx);
     skip.begin(thread_idx);
     uint32_t const t_loop = trace_clock();
     if (num_kept > 0) {
