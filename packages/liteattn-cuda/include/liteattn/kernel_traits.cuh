@@ -24,7 +24,7 @@
 #endif
 // Consumer loop schedule at head dim 128: 1 (default) issues S(n) with PV(previous tile) and hides the softmax
 // under that PV (consumer_mainloop_overlap), the producer loading K one tile ahead of V; 0 runs each tile's S,
-// softmax and PV in turn (consumer_mainloop_serial); 2 also runs the overlapped loop at head dim 64 (development).
+// softmax and PV in turn (consumer_mainloop_serial).
 #ifndef LITEATTN_OVERLAP
 #define LITEATTN_OVERLAP 1
 #endif
@@ -131,7 +131,7 @@ struct KernelTraits {
 // at 128 per thread) spill (bench/NOTES-cuda.md, v9).
 template <class Traits>
 constexpr bool overlapped_loop() {
-  return LITEATTN_OVERLAP && (Traits::kHeadDim == 128 || (LITEATTN_OVERLAP == 2 && Traits::kHeadDim == 64));
+  return LITEATTN_OVERLAP && Traits::kHeadDim == 128;
 }
 
 // Stages per head dim: as many K/V stages as fit next to the Q tile in 227 KB.

@@ -131,10 +131,12 @@ struct PingPong {
   CUTE_DEVICE void finish() const { if constexpr (kNumMmaWarpgroups > 1) if (wg == 0) bar_sync(1); }
 };
 
-// Overlapped loop: rescale O for tile n's max shift after PV(p) completes, at the end of the iteration (with the
-// warp-uniform skip), instead of before issuing PV(n) in the next one. Development flag.
+// Overlapped loop: 1 (default) rescales O for tile n's max shift at the end of iteration n, after PV(p) has
+// completed, where nothing is in flight and the warp-uniform skip of rescale_o applies; 0 rescales it
+// unconditionally between the S(n') and PV(n) issues of the next iteration. Development flag; 1 measured 1-3%
+// faster on the skip-state kernels and the same on dense ones (bench/NOTES-cuda.md, eighth round).
 #ifndef LITEATTN_RESCALE_AFTER_PV
-#define LITEATTN_RESCALE_AFTER_PV 0
+#define LITEATTN_RESCALE_AFTER_PV 1
 #endif
 constexpr bool kRescaleAfterPv = LITEATTN_RESCALE_AFTER_PV;
 
@@ -266,8 +268,8 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
 // warpgroup keeps the tensor cores busy through its own softmax. The producer loads K one tile ahead of V to
 // match (producer_load). Between a wgmma issue and its wait the code is straight-line: at any branch merge point
 // with a wgmma in flight the compiler waits for every outstanding batch, so the tail mask is chosen per
-// iteration (two copies of the body) and the warp vote runs after the PV wait. (Voting under the next
-// iteration's GEMMs measured no better, bench/NOTES-cuda.md v9.)
+// iteration (two copies of the body), and the skip-test vote and O's rescale for S(n)'s max shift run after the
+// PV wait. (Voting under the next iteration's GEMMs measured no better, bench/NOTES-cuda.md v9.)
 template <class Traits, class Params, class TensorO, class SkipWriter, class ScoreScale, class TileIterator>
 CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits::SharedStorage& shared,
                                            typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
@@ -309,7 +311,7 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
     pipeline_k.consumer_release(state);
     if constexpr (kDequantize) dequantize_scores(tSrAcc, tSrS, factor);
     if (n == partial_tile) mask_partial_tile<kBlockN>(tSrS, n, partial_tile, params.seqlen_k, lane);
-    softmax.step(tSrS, correction);  // O is still zero: its rescale waits for the next iteration like any other
+    softmax.step(tSrS, correction);  // O is still zero: rescaling it for this max shift would change nothing
     skip.vote(n, softmax, lane);
     skip.record_gap(n, softmax, lane);
     convert_fragment_into(tSrS, rP);
