@@ -58,9 +58,8 @@ struct SkipTestWriter {
   }
 
   // The same without the enabled() test: branch-free, for code that must not branch while a wgmma is in flight
-  // (commit ignores the answer when the skip test is off).
-  // Before a row's first tile its running max is -inf, so the difference is +inf and beats any row_threshold
-  // of a valid row: gap()'s special case is not needed here.
+  // (commit ignores the answer when the skip test is off). Before a row's first tile its running max is -inf, so
+  // the difference is +inf and beats any row_threshold of a valid row: gap()'s special case is not needed here.
   CUTE_DEVICE bool row_needs(OnlineSoftmax const& softmax) const {
     bool needs = false;
     CUTE_UNROLL
