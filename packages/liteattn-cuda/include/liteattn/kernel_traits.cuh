@@ -38,6 +38,12 @@ namespace liteattn {
 
 using namespace cute;
 
+// setmaxnreg moves registers within what the CTA was launched with (65536 / threads per thread, in steps of 8):
+// consumers asking for more than the producer gave back would wait forever.
+constexpr bool register_split_fits(int num_threads, int num_mma_threads, int producer_regs, int consumer_regs) {
+  return 128 * producer_regs + num_mma_threads * consumer_regs <= num_threads * (65536 / num_threads / 8 * 8);
+}
+
 // kSkipState_ = false builds a kernel for dense calls only: every key tile computed, no skip test, no gaps.
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_, class Element_, bool kSkipState_ = true>
 struct KernelTraits {
@@ -56,6 +62,8 @@ struct KernelTraits {
   // Register split: the producer needs almost none, the consumers hold S (BN/2 fp32) and O (D/2 fp32) each.
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = kNumMmaWarpgroups == 2 ? 240 : 160;
+  static_assert(register_split_fits(kNumThreads, kNumMmaThreads, kProducerRegs, kConsumerRegs),
+                "the register split exceeds the CTA's registers");
 
   static_assert(kHeadDim % 64 == 0, "head dim must be a multiple of 64 (128-byte swizzle rows)");
   static_assert(kBlockM % 64 == 0 && kBlockN % 16 == 0);

@@ -32,6 +32,8 @@ struct KernelTraitsInt8 {
   static constexpr int kNumThreads = kNumMmaThreads + 128;
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = kNumMmaWarpgroups == 2 ? 240 : 160;
+  static_assert(register_split_fits(kNumThreads, kNumMmaThreads, kProducerRegs, kConsumerRegs),
+                "the register split exceeds the CTA's registers");
 
   static_assert(kHeadDim % 64 == 0, "head dim must be a multiple of 64");
   static_assert(kBlockM % 64 == 0 && kBlockN % 16 == 0);

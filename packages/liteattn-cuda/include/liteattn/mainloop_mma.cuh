@@ -131,15 +131,6 @@ struct PingPong {
   CUTE_DEVICE void finish() const { if constexpr (kNumMmaWarpgroups > 1) if (wg == 0) bar_sync(1); }
 };
 
-// Overlapped loop: 1 (default) rescales O for tile n's max shift at the end of iteration n, after PV(p) has
-// completed, where nothing is in flight and the warp-uniform skip of rescale_o applies; 0 rescales it
-// unconditionally between the S(n') and PV(n) issues of the next iteration. Development flag; 1 measured 1-3%
-// faster on the skip-state kernels and the same on dense ones (bench/NOTES-cuda.md, eighth round).
-#ifndef LITEATTN_RESCALE_AFTER_PV
-#define LITEATTN_RESCALE_AFTER_PV 1
-#endif
-constexpr bool kRescaleAfterPv = LITEATTN_RESCALE_AFTER_PV;
-
 #ifndef LITEATTN_LAZY_RESCALE
 #define LITEATTN_LAZY_RESCALE 1
 #endif
@@ -311,7 +302,7 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
     pipeline_k.consumer_release(state);
     if constexpr (kDequantize) dequantize_scores(tSrAcc, tSrS, factor);
     if (n == partial_tile) mask_partial_tile<kBlockN>(tSrS, n, partial_tile, params.seqlen_k, lane);
-    softmax.step(tSrS, correction);  // O is still zero: rescaling it for this max shift would change nothing
+    softmax.step(tSrS, correction);  // O is still zero: no rescale for this max shift
     skip.vote(n, softmax, lane);
     skip.record_gap(n, softmax, lane);
     convert_fragment_into(tSrS, rP);
@@ -326,10 +317,6 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
     pipeline_k.consumer_wait(state);
     pipeline_v.consumer_wait(state_v);
     gemms.issue_qk(state.index(), tSrAcc);
-    if constexpr (!kRescaleAfterPv) {
-      CUTE_UNROLL
-      for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= correction[acc_row(i)];  // the previous tile's max shift
-    }
     gemms.issue_pv(tOrP, state_v.index(), tOrO);
     turn.pass_turn();
     warpgroup_wait<1>();  // S(n) landed; PV(p) may still run
@@ -345,7 +332,9 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
     skip.commit(n, needs, lane);
     skip.record_gap(n, softmax, lane);
     convert_fragment_into(tSrS, rP);
-    if constexpr (kRescaleAfterPv) rescale_o(tOrO, correction);  // this tile's max shift, nothing in flight
+    // O for S(n)'s max shift, here rather than before the next PV issue: nothing is in flight, so the warp-uniform
+    // skip of rescale_o is free (1-3% on the skip-state kernels, bench/NOTES-cuda.md, eighth round).
+    rescale_o(tOrO, correction);
     ++state_v;
     ++state;
   };
@@ -360,10 +349,6 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
   // The last kept tile's PV.
   turn.wait_turn();
   pipeline_v.consumer_wait(state_v);
-  if constexpr (!kRescaleAfterPv) {
-    CUTE_UNROLL
-    for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= correction[acc_row(i)];
-  }
   gemms.issue_pv(tOrP, state_v.index(), tOrO);
   turn.pass_turn();
   warpgroup_wait<0>();

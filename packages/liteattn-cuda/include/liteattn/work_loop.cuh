@@ -1,4 +1,4 @@
-// The persistent CTA body shared by the 16-bit and INT8 kernels: barrier set-up, the walk over this CTA's work
+// The CTA body shared by the 16-bit and INT8 kernels: barrier set-up, the walk over this CTA's work
 // tiles (WorkTileScheduler) by the producer thread and by the consumer warpgroups, and per work tile the
 // skip-test writer, the key loop (a kernel-specific callable) and the epilogue.
 #pragma once
