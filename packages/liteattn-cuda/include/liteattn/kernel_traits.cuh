@@ -125,6 +125,9 @@ struct KernelTraits {
     alignas(16) uint32_t skip_words[kMaxSkipWords];            // this CTA's write_bits row while the loop runs
     alignas(16) uint32_t keep_words_producer[kMaxSkipWords];  // the producer's copy of this work tile's keep row
     alignas(16) uint32_t keep_words_consumer[kMaxSkipWords];  // the consumers' copy
+    // The consumers' list of kept tiles (KeptTileList, kernels with a skip state) and its per-warp counts.
+    alignas(16) int16_t kept_list[kSkipState ? kMaxSkipWords * 32 + 2 : 1];
+    int kept_warp_counts[kNumMmaThreads / 32];
     alignas(16) cutlass::arch::ClusterTransactionBarrier barrier_q;  // Q landed (one phase per loaded tile)
     cutlass::arch::ClusterBarrier barrier_q_empty;  // every consumer thread is done with Q (one phase per tile)
     typename Pipeline::SharedStorage pipeline_k;

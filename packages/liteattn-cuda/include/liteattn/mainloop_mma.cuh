@@ -166,19 +166,22 @@ struct ExactScores {
   CUTE_DEVICE float factor(int) const { return 1.f; }
 };
 
-// INT8 Q/K: the s32 accumulator times q_scale(query tile) * k_scale(key tile) gives the scores.
+// INT8 Q/K: the s32 accumulator times q_scale(query tile) * k_scale(key tile) gives the scores. The softmax takes
+// the factor per tile (OnlineSoftmax::step), so it must be positive: the scales are (quantize.cu), and a product
+// that underflows is raised to the smallest normal float (its scores are below 1e-30 either way), which keeps
+// -inf * factor of masked keys at -inf.
 struct Int8ScoreScale {
   float q_scale;
   float const* k_scale_row;  // this (b, kv head)'s k_scale, one per key tile
-  CUTE_DEVICE float factor(int n) const { return q_scale * __ldg(k_scale_row + n); }
+  CUTE_DEVICE float factor(int n) const { return fmaxf(q_scale * __ldg(k_scale_row + n), 1.17549435e-38f); }
 };
 
-// s32 accumulator -> fp32 scores times the tile's dequantisation factor. |acc| <= 127^2 * D < 2^24 for D <= 1024,
-// so the conversion is exact (I2FP, a plain ALU op) and the only rounding is the one multiply.
+// s32 accumulator -> fp32 integer scores. |acc| <= 127^2 * D < 2^24 for D <= 1024, so the conversion is exact
+// (I2FP, a plain ALU op); the dequantisation factor is applied by the softmax.
 template <class TensorI, class TensorF>
-CUTE_DEVICE void dequantize_scores(TensorI const& acc, TensorF& scores, float factor) {
+CUTE_DEVICE void convert_scores(TensorI const& acc, TensorF& scores) {
   CUTE_UNROLL
-  for (int i = 0; i < size(acc); ++i) scores(i) = __int2float_rn(acc(i)) * factor;
+  for (int i = 0; i < size(acc); ++i) scores(i) = __int2float_rn(acc(i));
 }
 
 // The registers the softmax reads: the fp32 accumulator itself, or (s32 accumulator) an fp32 copy with its
@@ -218,7 +221,9 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
   shared.barrier_q.wait(q_round & 1);
   load_q<Traits>(shared, thread_idx, gemms);
 
-  for (int n = tiles.next(); n >= 0; n = tiles.next()) {
+  // The kept tile after n: read under the PV wgmma where the iterator has no branch, else before the K wait.
+  for (int n = tiles.next(), n_next = 0; n >= 0; n = n_next) {
+    if constexpr (!TileIterator::kBranchFreeNext) n_next = tiles.next();
     float const factor = scale.factor(n);  // INT8: issued before the waits, used after
     // Wait for K[stage] (full barrier), S = Q K^T, then release K[stage] to the producer (empty barrier).
     turn.wait_turn();
@@ -228,13 +233,13 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
     warpgroup_wait<0>();
     pipeline_k.consumer_release(state);
 
-    if constexpr (kDequantize) dequantize_scores(tSrAcc, tSrS, factor);
+    if constexpr (kDequantize) convert_scores(tSrAcc, tSrS);
 
     if (n == partial_tile) {  // a branch is free here (no wgmma in flight); the mask costs ~2 ALU ops per score
       mask_partial_tile<kBlockN>(tSrS, n, partial_tile, params.seqlen_k, lane);
     }
     float correction[2];
-    softmax.step(tSrS, correction);
+    softmax.step(tSrS, correction, factor);
     bool const needs = skip.needs(softmax);
     skip.record_gap(n, softmax, lane);
     rescale_o(tOrO, correction);
@@ -244,6 +249,7 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
     // Wait for V[stage], O += P V, release V[stage]; the warp vote runs while the PV wgmma does.
     pipeline_v.consumer_wait(state);
     gemms.issue_pv(tOrP, state.index(), tOrO);
+    if constexpr (TileIterator::kBranchFreeNext) n_next = tiles.next();
     skip.commit(n, needs, lane);
     warpgroup_wait<0>();
     pipeline_v.consumer_release(state);
@@ -300,9 +306,9 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
     turn.pass_turn();
     warpgroup_wait<0>();
     pipeline_k.consumer_release(state);
-    if constexpr (kDequantize) dequantize_scores(tSrAcc, tSrS, factor);
+    if constexpr (kDequantize) convert_scores(tSrAcc, tSrS);
     if (n == partial_tile) mask_partial_tile<kBlockN>(tSrS, n, partial_tile, params.seqlen_k, lane);
-    softmax.step(tSrS, correction);  // O is still zero: no rescale for this max shift
+    softmax.step(tSrS, correction, factor);  // O is still zero: no rescale for this max shift
     skip.vote(n, softmax, lane);
     skip.record_gap(n, softmax, lane);
     convert_fragment_into(tSrS, rP);
@@ -310,6 +316,8 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
   auto state_v = state;  // V runs one kept tile behind K
   ++state;
 
+  // The kept tile after n: read under the GEMMs where the iterator has no branch, else after the PV wait.
+  int n_next = tiles.next();
   auto iteration = [&](int n, auto masked) {
     float const factor = scale.factor(n);
     turn.wait_turn();
@@ -319,11 +327,12 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
     gemms.issue_qk(state.index(), tSrAcc);
     gemms.issue_pv(tOrP, state_v.index(), tOrO);
     turn.pass_turn();
+    if constexpr (TileIterator::kBranchFreeNext) n_next = tiles.next();
     warpgroup_wait<1>();  // S(n) landed; PV(p) may still run
     pipeline_k.consumer_release(state);
-    if constexpr (kDequantize) dequantize_scores(tSrAcc, tSrS, factor);
+    if constexpr (kDequantize) convert_scores(tSrAcc, tSrS);
     if constexpr (decltype(masked)::value) mask_partial_tile<kBlockN>(tSrS, n, n, params.seqlen_k, lane);
-    softmax.step(tSrS, correction);
+    softmax.step(tSrS, correction, factor);
     bool const needs = skip.row_needs(softmax);
     asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(sink_addr), "f"(softmax.row_sum[0]),
                  "f"(softmax.row_sum[1]) : "memory");
@@ -337,8 +346,10 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
     rescale_o(tOrO, correction);
     ++state_v;
     ++state;
+    if constexpr (!TileIterator::kBranchFreeNext) n_next = tiles.next();
   };
-  for (n = tiles.next(); n >= 0; n = tiles.next()) {
+  while (n_next >= 0) {
+    n = n_next;
     if (n == partial_tile) {
       iteration(n, cute::true_type{});
     } else {

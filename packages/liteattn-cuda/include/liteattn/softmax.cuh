@@ -51,10 +51,12 @@ struct OnlineSoftmax {
     row_sum[0] = row_sum[1] = 0.f;
   }
 
-  // Turns raw scores into unnormalised probabilities in place; returns the factor that rescales
-  // each row's accumulator (exp2 of the max shift).
+  // Turns the tile's scores, score_factor * tSrS, into unnormalised probabilities in place; returns the factor
+  // that rescales each row's accumulator (exp2 of the max shift). score_factor > 0 scales INT8 tiles (one
+  // dequantisation factor per tile): a positive factor commutes with the max, so it costs one multiply per row
+  // and folds into the exp2's FFMA instead of one multiply per score.
   template <class TensorS>
-  CUTE_DEVICE void step(TensorS& tSrS, float (&correction)[2]) {
+  CUTE_DEVICE void step(TensorS& tSrS, float (&correction)[2], float score_factor = 1.f) {
     constexpr int N = decltype(size(tSrS))::value;
     tile_max[0] = tile_max[1] = -INFINITY;
     CUTE_UNROLL
@@ -62,7 +64,7 @@ struct OnlineSoftmax {
     float new_max[2];
     CUTE_UNROLL
     for (int r = 0; r < 2; ++r) {
-      tile_max[r] = quad_max(tile_max[r]);
+      tile_max[r] = quad_max(tile_max[r]) * score_factor;
       prev_max[r] = row_max[r];
       // Every kept key tile has at least one valid key, so new_max is finite after the first tile.
       new_max[r] = fmaxf(row_max[r], tile_max[r]);
@@ -71,10 +73,11 @@ struct OnlineSoftmax {
       row_sum[r] *= correction[r];
     }
     float const max_scaled[2] = {new_max[0] * scale_log2, new_max[1] * scale_log2};
+    float const tile_scale_log2 = scale_log2 * score_factor;
     CUTE_UNROLL
     for (int i = 0; i < N; ++i) {
       // One FFMA + MUFU.EX2 per score; masked scores are -inf and give 0.
-      float p = fast_exp2(fmaf(tSrS(i), scale_log2, -max_scaled[acc_row(i)]));
+      float p = fast_exp2(fmaf(tSrS(i), tile_scale_log2, -max_scaled[acc_row(i)]));
       tSrS(i) = p;
       row_sum[acc_row(i)] += p;
     }

@@ -53,6 +53,7 @@ inline int work_grid_size(int num_work_tiles) {
 // consumers each walk their own shared-memory copy of the row (stage_keep_row): read from global memory, every
 // new word cost a dependent load on the consumers' serial path, about once per 3 kept tiles at 90% sparsity.
 struct KeptTileIterator {
+  static constexpr bool kBranchFreeNext = false;
   uint32_t const* words;  // W words in shared memory, or nullptr = every tile kept
   int num_words;
   int num_tiles;         // KT: bits >= KT are ignored
@@ -98,8 +99,35 @@ struct KeptTileIterator {
   }
 };
 
+// The consumers' walk: the kept tiles of one work tile listed once in shared memory (list_kept_tiles), so that
+// next() is one branch-free shared load, free to sit between a wgmma's issue and its wait (a branch there makes
+// the compiler wait for every wgmma in flight). The bitmask walk above cost ~15 instructions and a branch per
+// tile right between the PV wait and the next issue.
+struct KeptTileList {
+  static constexpr bool kBranchFreeNext = true;
+  int16_t const* list;  // list[0] = -1, the kept tiles ascending, then -1 again
+  int num_kept;
+  int pos;
+  int step;
+
+  CUTE_DEVICE KeptTileList(int16_t const* list_, int num_kept_, bool reverse)
+      : list(list_), num_kept(num_kept_), pos(reverse ? num_kept_ : 1), step(reverse ? -1 : 1) {}
+  CUTE_DEVICE int count() const { return num_kept; }
+  // Next kept tile index, or -1 when done.
+  CUTE_DEVICE int next() {
+    int const tile = list[pos];
+    pos += step;
+    return tile;
+  }
+};
+
+#ifndef LITEATTN_DENSE_NEXT_UNDER_GEMMS
+#define LITEATTN_DENSE_NEXT_UNDER_GEMMS 1
+#endif
+
 // Every key tile in order, for kernels without a skip state: the same interface as KeptTileIterator.
 struct DenseTileIterator {
+  static constexpr bool kBranchFreeNext = LITEATTN_DENSE_NEXT_UNDER_GEMMS;
   int num_tiles;
   bool reverse;
   int n;

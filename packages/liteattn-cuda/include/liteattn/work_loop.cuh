@@ -33,6 +33,52 @@ CUTE_DEVICE auto tile_iterator(Params const& params, uint32_t const* staged_row)
   }
 }
 
+#ifndef LITEATTN_KEPT_LIST
+#define LITEATTN_KEPT_LIST 1
+#endif
+
+// Every consumer thread: lists the kept key tiles of work tile `tile` (its keep row, or every tile without one)
+// in shared memory for KeptTileList, one keep word per thread: a popcount, a warp scan and the warps' totals give
+// each word's place in the list. Returns the number of kept tiles.
+template <int kNumMmaThreads, class Params>
+CUTE_DEVICE int list_kept_tiles(Params const& params, int tile, int16_t* list, int* warp_counts, int thread_idx) {
+  static_assert(kNumMmaThreads >= kMaxSkipWords, "one keep word per consumer thread");
+  int const lane = thread_idx % 32, warp = thread_idx / 32;
+  uint32_t bits = 0u;
+  if (thread_idx < params.num_words) {
+    bits = params.compute_bits == nullptr
+               ? 0xffffffffu
+               : uint32_t(__ldg(params.compute_bits + int64_t(tile) * params.num_words + thread_idx));
+    int const valid = params.num_k_tiles - thread_idx * 32;  // bits of this word that name real tiles
+    if (valid < 32) bits &= (1u << valid) - 1u;
+  }
+  int const count = __popc(bits);
+  int inclusive = count;
+  CUTE_UNROLL
+  for (int offset = 1; offset < 32; offset <<= 1) {
+    int const below = __shfl_up_sync(0xffffffffu, inclusive, offset);
+    if (lane >= offset) inclusive += below;
+  }
+  consumer_sync<kNumMmaThreads>();  // the previous work tile's list and counts are no longer read
+  if (lane == 31) warp_counts[warp] = inclusive;
+  consumer_sync<kNumMmaThreads>();
+  int start = inclusive - count, total = 0;
+  CUTE_UNROLL
+  for (int w = 0; w < kNumMmaThreads / 32; ++w) {
+    int const c = warp_counts[w];
+    total += c;
+    start += w < warp ? c : 0;
+  }
+  int16_t* out = list + 1 + start;
+  for (; bits != 0u; bits &= bits - 1u) *out++ = int16_t(thread_idx * 32 + __ffs(bits) - 1);
+  if (thread_idx == 0) {
+    list[0] = -1;
+    list[total + 1] = -1;
+  }
+  consumer_sync<kNumMmaThreads>();  // list complete
+  return total;
+}
+
 // The skip test of one work tile (a no-op in kernels without a skip state).
 template <class Traits, class Params>
 CUTE_DEVICE auto skip_test_writer(Params const& params, typename Traits::SharedStorage& shared, WorkTile const& work,
@@ -100,13 +146,21 @@ CUTE_DEVICE void run_work_tiles(Params const& params, typename Traits::SharedSto
   int q_round = 0;
   for (int tile = scheduler.first(); scheduler.valid(tile); tile = scheduler.next(tile)) {
     WorkTile const work = scheduler.decode(tile);
-    uint32_t const* row = nullptr;
-    if constexpr (Traits::kSkipState) {
-      if (params.compute_bits != nullptr) consumer_sync<Traits::kNumMmaThreads>();  // previous row fully read
-      row = stage_keep_row(params, tile, shared.keep_words_consumer, thread_idx, Traits::kNumMmaThreads);
-      if (params.compute_bits != nullptr) consumer_sync<Traits::kNumMmaThreads>();  // row complete
-    }
-    auto tiles = tile_iterator<Traits>(params, row);
+    auto tiles = [&] {
+      if constexpr (Traits::kSkipState && LITEATTN_KEPT_LIST) {
+        int const kept = list_kept_tiles<Traits::kNumMmaThreads>(params, tile, shared.kept_list,
+                                                                  shared.kept_warp_counts, thread_idx);
+        return KeptTileList(shared.kept_list, kept, params.reverse);
+      } else {
+        uint32_t const* row = nullptr;
+        if constexpr (Traits::kSkipState) {
+          if (params.compute_bits != nullptr) consumer_sync<Traits::kNumMmaThreads>();  // previous row fully read
+          row = stage_keep_row(params, tile, shared.keep_words_consumer, thread_idx, Traits::kNumMmaThreads);
+          if (params.compute_bits != nullptr) consumer_sync<Traits::kNumMmaThreads>();  // row complete
+        }
+        return tile_iterator<Traits>(params, row);
+      }
+    }();
     int const num_kept = tiles.count();
 
     typename Traits::TiledMmaPV mma_pv;
