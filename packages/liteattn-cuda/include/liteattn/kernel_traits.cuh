@@ -124,7 +124,6 @@ struct KernelTraits {
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutV>> smem_v;
     alignas(16) uint32_t skip_words[kMaxSkipWords];            // this CTA's write_bits row while the loop runs
     alignas(16) uint32_t keep_words_producer[kMaxSkipWords];  // the producer's copy of this work tile's keep row
-    alignas(16) uint32_t keep_words_consumer[kMaxSkipWords];  // the consumers' copy
     // The consumers' list of kept tiles (KeptTileList, kernels with a skip state) and its per-warp counts.
     alignas(16) int16_t kept_list[kSkipState ? kMaxSkipWords * 32 + 2 : 1];
     int kept_warp_counts[kNumMmaThreads / 32];
@@ -140,9 +139,12 @@ struct KernelTraits {
 // Whether an instantiation runs the overlapped consumer loop. On an H100 it gains 4-6% at head dim 128, nothing
 // at 64 (where the exp2's, not the GEMMs, set the pace), and at 256 its extra live registers (P beside S, with O
 // at 128 per thread) spill (bench/NOTES-cuda.md, v9).
+#ifndef LITEATTN_OVERLAP_D64
+#define LITEATTN_OVERLAP_D64 0
+#endif
 template <class Traits>
 constexpr bool overlapped_loop() {
-  return LITEATTN_OVERLAP && Traits::kHeadDim == 128;
+  return LITEATTN_OVERLAP && (Traits::kHeadDim == 128 || (LITEATTN_OVERLAP_D64 && Traits::kHeadDim == 64 && Traits::kSkipState));
 }
 
 // Stages per head dim: as many K/V stages as fit next to the Q tile in 227 KB.

@@ -91,7 +91,6 @@ struct KernelTraitsInt8 {
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutV>> smem_v;
     alignas(16) uint32_t skip_words[kMaxSkipWords];
     alignas(16) uint32_t keep_words_producer[kMaxSkipWords];  // the producer's copy of this work tile's keep row
-    alignas(16) uint32_t keep_words_consumer[kMaxSkipWords];  // the consumers' copy
     // The consumers' list of kept tiles (KeptTileList, kernels with a skip state) and its per-warp counts.
     alignas(16) int16_t kept_list[kSkipState ? kMaxSkipWords * 32 + 2 : 1];
     int kept_warp_counts[kNumMmaThreads / 32];
@@ -104,14 +103,10 @@ struct KernelTraitsInt8 {
   static_assert(kSmemBytes <= 227 * 1024, "INT8 geometry exceeds the 227 KB of shared memory");
 };
 
-#ifndef LITEATTN_STAGES_INT8_D128
-#define LITEATTN_STAGES_INT8_D128 3
-#endif
-
 // Int8 Q/K halve their smem, so more K/V stages fit than in the 16-bit kernel:
 // D=128: Q 16 KB + 4 x (K 16 KB + V 32 KB) = 208 KB; D=64: Q 8 KB + 4 x (8 + 16) KB = 104 KB.
 template <int kHeadDim> struct Int8Geometry;
 template <> struct Int8Geometry<64> { static constexpr int kBlockM = 128, kBlockN = 128, kStages = 4; };
-template <> struct Int8Geometry<128> { static constexpr int kBlockM = 128, kBlockN = 128, kStages = LITEATTN_STAGES_INT8_D128; };
+template <> struct Int8Geometry<128> { static constexpr int kBlockM = 128, kBlockN = 128, kStages = 3; };
 
 }  // namespace liteattn

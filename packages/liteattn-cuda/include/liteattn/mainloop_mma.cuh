@@ -221,9 +221,7 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
   shared.barrier_q.wait(q_round & 1);
   load_q<Traits>(shared, thread_idx, gemms);
 
-  // The kept tile after n: read under the PV wgmma where the iterator has no branch, else before the K wait.
   for (int n = tiles.next(), n_next = 0; n >= 0; n = n_next) {
-    if constexpr (!TileIterator::kBranchFreeNext) n_next = tiles.next();
     float const factor = scale.factor(n);  // INT8: issued before the waits, used after
     // Wait for K[stage] (full barrier), S = Q K^T, then release K[stage] to the producer (empty barrier).
     turn.wait_turn();
@@ -249,7 +247,7 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
     // Wait for V[stage], O += P V, release V[stage]; the warp vote runs while the PV wgmma does.
     pipeline_v.consumer_wait(state);
     gemms.issue_pv(tOrP, state.index(), tOrO);
-    if constexpr (TileIterator::kBranchFreeNext) n_next = tiles.next();
+    n_next = tiles.next();  // under the PV wgmma
     skip.commit(n, needs, lane);
     warpgroup_wait<0>();
     pipeline_v.consumer_release(state);
@@ -316,8 +314,7 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
   auto state_v = state;  // V runs one kept tile behind K
   ++state;
 
-  // The kept tile after n: read under the GEMMs where the iterator has no branch, else after the PV wait.
-  int n_next = tiles.next();
+  int n_next = tiles.next();  // the kept tile after n, read under the GEMMs
   auto iteration = [&](int n, auto masked) {
     float const factor = scale.factor(n);
     turn.wait_turn();
@@ -327,7 +324,7 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
     gemms.issue_qk(state.index(), tSrAcc);
     gemms.issue_pv(tOrP, state_v.index(), tOrO);
     turn.pass_turn();
-    if constexpr (TileIterator::kBranchFreeNext) n_next = tiles.next();
+    n_next = tiles.next();
     warpgroup_wait<1>();  // S(n) landed; PV(p) may still run
     pipeline_k.consumer_release(state);
     if constexpr (kDequantize) convert_scores(tSrAcc, tSrS);
@@ -346,7 +343,6 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
     rescale_o(tOrO, correction);
     ++state_v;
     ++state;
-    if constexpr (!TileIterator::kBranchFreeNext) n_next = tiles.next();
   };
   while (n_next >= 0) {
     n = n_next;

@@ -49,11 +49,10 @@ inline int work_grid_size(int num_work_tiles) {
   return sms < num_work_tiles ? sms : num_work_tiles;
 }
 
-// Walks the set bits of one (b, h, query-tile) row of the keep bitmask, ascending or descending. Producer and
-// consumers each walk their own shared-memory copy of the row (stage_keep_row): read from global memory, every
-// new word cost a dependent load on the consumers' serial path, about once per 3 kept tiles at 90% sparsity.
+// The producer's walk: the set bits of one (b, h, query-tile) row of the keep bitmask, ascending or descending, in
+// its own shared-memory copy of the row (stage_keep_row). One thread running ahead of the consumers can afford
+// the branches; the consumers walk KeptTileList instead.
 struct KeptTileIterator {
-  static constexpr bool kBranchFreeNext = false;
   uint32_t const* words;  // W words in shared memory, or nullptr = every tile kept
   int num_words;
   int num_tiles;         // KT: bits >= KT are ignored
@@ -99,12 +98,12 @@ struct KeptTileIterator {
   }
 };
 
-// The consumers' walk: the kept tiles of one work tile listed once in shared memory (list_kept_tiles), so that
-// next() is one branch-free shared load, free to sit between a wgmma's issue and its wait (a branch there makes
-// the compiler wait for every wgmma in flight). The bitmask walk above cost ~15 instructions and a branch per
-// tile right between the PV wait and the next issue.
+// The consumers' walk: the kept tiles of one work tile, listed once in shared memory (list_kept_tiles), so that
+// next() is one branch-free shared load that the key loop issues between a wgmma's issue and its wait (a branch
+// there would make the compiler wait for every wgmma in flight). Walking the bitmask instead put a loop of
+// ~60 instructions with branches between each PV wait and the next issue: on an H100 the list made the
+// skip-state kernels 7-10% faster (bench/NOTES-cuda.md, ninth round). next() must stay branch-free.
 struct KeptTileList {
-  static constexpr bool kBranchFreeNext = true;
   int16_t const* list;  // list[0] = -1, the kept tiles ascending, then -1 again
   int num_kept;
   int pos;
@@ -121,13 +120,9 @@ struct KeptTileList {
   }
 };
 
-#ifndef LITEATTN_DENSE_NEXT_UNDER_GEMMS
-#define LITEATTN_DENSE_NEXT_UNDER_GEMMS 1
-#endif
-
-// Every key tile in order, for kernels without a skip state: the same interface as KeptTileIterator.
+// Every key tile in order, for kernels without a skip state: the same interface as KeptTileList (next() compiles
+// to selects, no branch).
 struct DenseTileIterator {
-  static constexpr bool kBranchFreeNext = LITEATTN_DENSE_NEXT_UNDER_GEMMS;
   int num_tiles;
   bool reverse;
   int n;

@@ -11,31 +11,27 @@
 
 namespace liteattn {
 
-// Copy work tile `tile`'s keep row into shared memory, `stride` threads from `thread_idx` (the producer thread
-// alone, or every consumer thread) with independent loads; returns the copy, or nullptr for "every tile kept".
+// The producer thread's copy of work tile `tile`'s keep row in shared memory (independent loads); returns the
+// copy, or nullptr for "every tile kept".
 template <class Params>
-CUTE_DEVICE uint32_t const* stage_keep_row(Params const& params, int tile, uint32_t* smem_words, int thread_idx,
-                                           int stride) {
+CUTE_DEVICE uint32_t const* stage_keep_row(Params const& params, int tile, uint32_t* smem_words) {
   if (params.compute_bits == nullptr) return nullptr;
   int32_t const* row = params.compute_bits + int64_t(tile) * params.num_words;
 #pragma unroll 4
-  for (int w = thread_idx; w < params.num_words; w += stride) smem_words[w] = uint32_t(__ldg(row + w));
+  for (int w = 0; w < params.num_words; ++w) smem_words[w] = uint32_t(__ldg(row + w));
   return smem_words;
 }
 
-// The key tiles of a work tile: those of its staged keep row (kernels with a skip state; nullptr = all), or all.
+// The producer's walk over a work tile's key tiles: those of its staged keep row (kernels with a skip state;
+// nullptr = all), or all.
 template <class Traits, class Params>
-CUTE_DEVICE auto tile_iterator(Params const& params, uint32_t const* staged_row) {
+CUTE_DEVICE auto producer_tile_iterator(Params const& params, uint32_t const* staged_row) {
   if constexpr (Traits::kSkipState) {
     return KeptTileIterator(staged_row, params.num_k_tiles, params.reverse);
   } else {
     return DenseTileIterator(params.num_k_tiles, params.reverse);
   }
 }
-
-#ifndef LITEATTN_KEPT_LIST
-#define LITEATTN_KEPT_LIST 1
-#endif
 
 // Every consumer thread: lists the kept key tiles of work tile `tile` (its keep row, or every tile without one)
 // in shared memory for KeptTileList, one keep word per thread: a popcount, a warp scan and the warps' totals give
@@ -130,9 +126,8 @@ CUTE_DEVICE void run_work_tiles(Params const& params, typename Traits::SharedSto
     auto state = cutlass::make_producer_start_state<typename Traits::Pipeline>();
     int q_round = 0;
     for (int tile = scheduler.first(); scheduler.valid(tile); tile = scheduler.next(tile)) {
-      uint32_t const* row =
-          Traits::kSkipState ? stage_keep_row(params, tile, shared.keep_words_producer, 0, 1) : nullptr;
-      auto tiles = tile_iterator<Traits>(params, row);
+      uint32_t const* row = Traits::kSkipState ? stage_keep_row(params, tile, shared.keep_words_producer) : nullptr;
+      auto tiles = producer_tile_iterator<Traits>(params, row);
       q_round += producer_load<Traits>(params, shared, scheduler.decode(tile), pipeline_k, pipeline_v, tiles,
                                        tiles.count(), state, q_round);
     }
@@ -147,18 +142,12 @@ CUTE_DEVICE void run_work_tiles(Params const& params, typename Traits::SharedSto
   for (int tile = scheduler.first(); scheduler.valid(tile); tile = scheduler.next(tile)) {
     WorkTile const work = scheduler.decode(tile);
     auto tiles = [&] {
-      if constexpr (Traits::kSkipState && LITEATTN_KEPT_LIST) {
+      if constexpr (Traits::kSkipState) {
         int const kept = list_kept_tiles<Traits::kNumMmaThreads>(params, tile, shared.kept_list,
                                                                   shared.kept_warp_counts, thread_idx);
         return KeptTileList(shared.kept_list, kept, params.reverse);
       } else {
-        uint32_t const* row = nullptr;
-        if constexpr (Traits::kSkipState) {
-          if (params.compute_bits != nullptr) consumer_sync<Traits::kNumMmaThreads>();  // previous row fully read
-          row = stage_keep_row(params, tile, shared.keep_words_consumer, thread_idx, Traits::kNumMmaThreads);
-          if (params.compute_bits != nullptr) consumer_sync<Traits::kNumMmaThreads>();  // row complete
-        }
-        return tile_iterator<Traits>(params, row);
+        return DenseTileIterator(params.num_k_tiles, params.reverse);
       }
     }();
     int const num_kept = tiles.count();
