@@ -139,12 +139,9 @@ struct KernelTraits {
 // Whether an instantiation runs the overlapped consumer loop. On an H100 it gains 4-6% at head dim 128, nothing
 // at 64 (where the exp2's, not the GEMMs, set the pace), and at 256 its extra live registers (P beside S, with O
 // at 128 per thread) spill (bench/NOTES-cuda.md, v9).
-#ifndef LITEATTN_OVERLAP_D64
-#define LITEATTN_OVERLAP_D64 0
-#endif
 template <class Traits>
 constexpr bool overlapped_loop() {
-  return LITEATTN_OVERLAP && (Traits::kHeadDim == 128 || (LITEATTN_OVERLAP_D64 && Traits::kHeadDim == 64 && Traits::kSkipState));
+  return LITEATTN_OVERLAP && Traits::kHeadDim == 128;
 }
 
 // Stages per head dim: as many K/V stages as fit next to the Q tile in 227 KB.
