@@ -25,6 +25,15 @@ def test_bit_layout_is_lsb_first():
     assert pack_keep_mask(mask).tolist() == [1 - 2**31, 2]
 
 
+@pytest.mark.parametrize("k_len", [1, 31 * 16, 32 * 16, 33 * 16, 64 * 16, 100 * 16 - 3])
+def test_fresh_state_keeps_every_tile_with_the_packed_layout(k_len):
+    state = SkipState(16, 16)
+    state.prepare(ShapeKey(2, 3, 40, k_len, 32, torch.device("cpu")))
+    k_tiles = -(-k_len // 16)
+    assert torch.equal(state.read_bits, pack_keep_mask(torch.ones(2, 3, 3, k_tiles, dtype=torch.bool)))
+    assert not state.write_bits.any()
+
+
 def test_state_views_agree():
     q = torch.randn(1, 100, 2, 32)
     state = liteattn.SkipState(32, 32)

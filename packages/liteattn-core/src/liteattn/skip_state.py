@@ -204,13 +204,17 @@ class SkipState:
             self._allocate()
 
     def _allocate(self) -> None:
-        # One packed "every tile" row, broadcast on the device: packing the whole mask on the host took
-        # milliseconds per layer at 32k tokens, at the first step of every video.
+        # "Every tile" filled in on the device. Packing the mask on the host took milliseconds per layer at 32k
+        # tokens, and even one packed row copied over from pageable memory waits for the GPU's queue: at the
+        # first step of every video, each layer's call sat idle until the previous layers had run.
         key = self.shape_key
-        row = pack_keep_mask(torch.ones(self.k_tiles, dtype=torch.bool)).to(key.device)
-        self._buffers = torch.zeros(2, key.batch, key.heads, self.q_tiles, row.numel(), dtype=torch.int32,
+        words = num_tiles(self.k_tiles, 32)
+        self._buffers = torch.zeros(2, key.batch, key.heads, self.q_tiles, words, dtype=torch.int32,
                                     device=key.device)
-        self._buffers[0] = row
+        self._buffers[0].fill_(-1)
+        last_word_tiles = self.k_tiles - 32 * (words - 1)
+        if last_word_tiles < 32:  # bits past the last key tile stay 0, as pack_keep_mask leaves them
+            self._buffers[0, ..., -1].fill_((1 << last_word_tiles) - 1)
         self.call_count = 0
 
     def _require_initialised(self) -> None:
