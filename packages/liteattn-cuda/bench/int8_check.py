@@ -5,7 +5,8 @@
 Times, per (1, H, S, D) shape: the 16-bit kernel (fwd, a dense call), the 16-bit skip-state kernel reading an
 all-ones keep bitmask (the INT8 kernel's own geometry), the INT8 kernel on pre-quantised inputs (fwd_int8), the
 fused quantiser alone (quantize_qk) and INT8 end to end (quantize_qk + fwd_int8, what use_int8=True costs), and
-prints the speed-up of INT8 over both 16-bit calls. Writes DIR/cuda-int8-check.json. Needs an sm_90 GPU and the built library.
+prints the speed-up of INT8 over both 16-bit calls. Writes DIR/cuda-int8-check.json. Needs an sm_90 GPU and the
+built library.
 """
 
 from __future__ import annotations
