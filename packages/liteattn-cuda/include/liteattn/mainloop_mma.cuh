@@ -238,20 +238,19 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
     }
     float correction[2];
     softmax.step(tSrS, correction, factor);
-    bool const needs = skip.row_needs(softmax);
+    bool const needs = skip.needs(softmax);
     skip.record_gap(n, softmax, lane);
     rescale_o(tOrO, correction);
     Tensor rP = convert_fragment<Element>(tSrS);                                        // (MMA, MMA_M, MMA_N)
     Tensor tOrP = make_tensor(rP.data(), acc_layout_as_a_operand(rP.layout()));          // (MMA, MMA_M, MMA_K)
 
-    // Wait for V[stage], O += P V, release V[stage]; the next tile and the vote under the PV wgmma.
+    // Wait for V[stage], O += P V, release V[stage]; the warp vote runs while the PV wgmma does.
     pipeline_v.consumer_wait(state);
     gemms.issue_pv(tOrP, state.index(), tOrO);
-    n_next = tiles.next();
-    skip.record(n, needs);
+    n_next = tiles.next();  // under the PV wgmma
+    skip.commit(n, needs, lane);
     warpgroup_wait<0>();
     pipeline_v.consumer_release(state);
-    skip.close_word(n, n_next, lane);
     ++state;
   }
   release_q(shared);
@@ -264,9 +263,8 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
 // warpgroup keeps the tensor cores busy through its own softmax. The producer loads K one tile ahead of V to
 // match (producer_load). Between a wgmma issue and its wait the code is straight-line: at any branch merge point
 // with a wgmma in flight the compiler waits for every outstanding batch, so the tail mask is chosen per
-// iteration (two copies of the body), the next kept tile and the skip-test vote are branch-free register work
-// under the GEMMs, and the vote's merge (once per 32 tiles) and O's rescale for S(n)'s max shift run after the
-// PV wait.
+// iteration (two copies of the body), and the skip-test vote and O's rescale for S(n)'s max shift run after the
+// PV wait. (Voting under the next iteration's GEMMs measured no better, bench/NOTES-cuda.md v9.)
 template <class Traits, class Params, class TensorO, class SkipWriter, class ScoreScale, class TileIterator>
 CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits::SharedStorage& shared,
                                            typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
@@ -297,7 +295,6 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
 
   // First kept tile: S alone (nothing to overlap it with); a branch is free while no wgmma is in flight.
   int n = tiles.next();
-  int n_next = tiles.next();  // the kept tile after n; in the loop, read under the GEMMs
   float correction[2];
   {
     float const factor = scale.factor(n);
@@ -310,14 +307,14 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
     if constexpr (kDequantize) convert_scores(tSrAcc, tSrS);
     if (n == partial_tile) mask_partial_tile<kBlockN>(tSrS, n, partial_tile, params.seqlen_k, lane);
     softmax.step(tSrS, correction, factor);  // O is still zero: no rescale for this max shift
-    skip.record(n, skip.row_needs(softmax));
-    skip.close_word(n, n_next, lane);
+    skip.vote(n, softmax, lane);
     skip.record_gap(n, softmax, lane);
     convert_fragment_into(tSrS, rP);
   }
   auto state_v = state;  // V runs one kept tile behind K
   ++state;
 
+  int n_next = tiles.next();  // the kept tile after n, read under the GEMMs
   auto iteration = [&](int n, auto masked) {
     float const factor = scale.factor(n);
     turn.wait_turn();
@@ -333,12 +330,12 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
     if constexpr (kDequantize) convert_scores(tSrAcc, tSrS);
     if constexpr (decltype(masked)::value) mask_partial_tile<kBlockN>(tSrS, n, n, params.seqlen_k, lane);
     softmax.step(tSrS, correction, factor);
-    skip.record(n, skip.row_needs(softmax));
+    bool const needs = skip.row_needs(softmax);
     asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(sink_addr), "f"(softmax.row_sum[0]),
                  "f"(softmax.row_sum[1]) : "memory");
     warpgroup_wait<0>();  // PV(p) done: O and the P registers are free again
     pipeline_v.consumer_release(state_v);
-    skip.close_word(n, n_next, lane);
+    skip.commit(n, needs, lane);
     skip.record_gap(n, softmax, lane);
     convert_fragment_into(tSrS, rP);
     // O for S(n)'s max shift, here rather than before the next PV issue: nothing is in flight, so the warp-uniform

@@ -1,9 +1,9 @@
 // The in-kernel skip test (docs/backend-contract.md): for every computed tile, a valid query row needs it iff
 // m_tile - m_run > threshold (log2 units; the first computed tile is always needed). Each thread collects its
-// rows' votes for the current 32 key tiles in one register; after the last of those 32 tiles (tiles are visited
-// in order, ascending or descending, and the key loop knows the next one) a warp OR-reduction and one shared
-// atomicOr per warp merge them into a CTA-local bitmask. After the key loop the consumers store the whole
-// (b, h, query-tile) row of write_bits; no global atomics.
+// rows' votes for the current 32 key tiles in one register; when the walk leaves those 32 tiles (tiles are
+// visited in order, ascending or descending) a warp OR-reduction and one shared atomicOr per warp merge them
+// into a CTA-local bitmask. After the key loop the consumers store the whole (b, h, query-tile) row of
+// write_bits; no global atomics.
 #pragma once
 
 #include <cstdint>
@@ -31,7 +31,8 @@ struct SkipTestWriter {
   float row_threshold[2]; // threshold[h] for this thread's two rows, +inf for rows >= Sq (they never vote)
   bool row_valid[2];      // this thread's two rows are < Sq
   float* gmem_gaps;       // this CTA's row of tile_gaps (KT floats), or nullptr
-  uint32_t bits = 0u;     // this thread's votes for the tiles of the current 32-tile word
+  int word = -1;          // the 32-tile word whose votes `bits` holds
+  uint32_t bits = 0u;     // this thread's votes for the tiles of `word`
 
   // A finite per-row threshold (+inf only for rows >= Sq): the first tile's gap is +inf and must win.
   CUTE_DEVICE static float row_threshold_of(float threshold_log2, bool valid) {
@@ -49,9 +50,16 @@ struct SkipTestWriter {
     consumer_bar();
   }
 
-  // After softmax.step on tile n: does one of this thread's rows need the tile? Before a row's first tile its
-  // running max is -inf, so the difference is +inf and beats any row_threshold of a valid row: gap()'s special
-  // case is not needed here.
+  // After softmax.step on tile n: does one of this thread's rows need the tile? Two compares, taken right after
+  // the softmax; the warp vote (commit) can wait until the next wgmma's are issued, off the serial path.
+  CUTE_DEVICE bool needs(OnlineSoftmax const& softmax) const {
+    if (!enabled()) return false;
+    return row_needs(softmax);
+  }
+
+  // The same without the enabled() test: branch-free, for code that must not branch while a wgmma is in flight
+  // (commit ignores the answer when the skip test is off). Before a row's first tile its running max is -inf, so
+  // the difference is +inf and beats any row_threshold of a valid row: gap()'s special case is not needed here.
   CUTE_DEVICE bool row_needs(OnlineSoftmax const& softmax) const {
     bool needs = false;
     CUTE_UNROLL
@@ -61,17 +69,23 @@ struct SkipTestWriter {
     return needs;
   }
 
-  // Record this thread's vote for tile n. Branch-free, so the key loop runs it while a wgmma is in flight (a
-  // branch there makes the compiler wait for every wgmma); with the skip test off the bits are never stored.
-  CUTE_DEVICE void record(int n, bool needs) { bits |= uint32_t(needs) << (n & 31); }
+  // Record this thread's vote for tile n; a tile outside the current word first merges the word into the CTA's
+  // bitmask. n is warp-uniform, so is the branch.
+  CUTE_DEVICE void commit(int n, bool needs, int lane) {
+    if (!enabled()) return;
+    if ((n >> 5) != word) {
+      flush(lane);
+      word = n >> 5;
+    }
+    bits |= uint32_t(needs) << (n & 31);
+  }
 
-  // After tile n's vote, with n_next the tile visited next (-1 for none): when n was the last tile of its 32-tile
-  // word, OR the warp's votes for that word into the CTA's bitmask (one shared atomic per warp, none for no vote).
-  // One warp-uniform branch per tile, taken once per word.
-  CUTE_DEVICE void close_word(int n, int n_next, int lane) {
-    if (!enabled() || (n_next >> 5) == (n >> 5)) return;
+  CUTE_DEVICE void vote(int n, OnlineSoftmax const& softmax, int lane) { commit(n, needs(softmax), lane); }
+
+  // OR the warp's votes for `word` into the CTA's bitmask (one shared atomic per warp, none for no vote).
+  CUTE_DEVICE void flush(int lane) {
     uint32_t const warp_bits = __reduce_or_sync(0xffffffffu, bits);
-    if (lane == 0 && warp_bits != 0u) atomicOr(&smem_words[n >> 5], warp_bits);
+    if (lane == 0 && warp_bits != 0u) atomicOr(&smem_words[word], warp_bits);
     bits = 0u;
   }
 
@@ -102,10 +116,10 @@ struct SkipTestWriter {
     }
   }
 
-  // Store the CTA's row: every word, also when no tile was computed (then all zero). The key loop closed every
-  // word it voted in (its last tile has no next one).
-  CUTE_DEVICE void end(int thread_idx) const {
+  // Store the CTA's row: every word, also when no tile was computed (then all zero).
+  CUTE_DEVICE void end(int thread_idx) {
     if (!enabled()) return;
+    flush(thread_idx % 32);
     consumer_bar();
     for (int w = thread_idx; w < num_words; w += kNumMmaThreads) gmem_words[w] = int32_t(smem_words[w]);
   }
@@ -114,9 +128,10 @@ struct SkipTestWriter {
 // The skip test of kernels without a skip state: every call compiles away.
 struct NoSkipTest {
   CUTE_DEVICE void begin(int) const {}
+  CUTE_DEVICE bool needs(OnlineSoftmax const&) const { return false; }
   CUTE_DEVICE bool row_needs(OnlineSoftmax const&) const { return false; }
-  CUTE_DEVICE void record(int, bool) const {}
-  CUTE_DEVICE void close_word(int, int, int) const {}
+  CUTE_DEVICE void commit(int, bool, int) const {}
+  CUTE_DEVICE void vote(int, OnlineSoftmax const&, int) const {}
   CUTE_DEVICE void record_gap(int, OnlineSoftmax const&, int) const {}
   CUTE_DEVICE void end(int) const {}
 };
