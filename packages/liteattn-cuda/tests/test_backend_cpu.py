@@ -68,10 +68,12 @@ def test_skip_state_rows_accepted_until_too_long():
     q = torch.randn(1, 128, 1, 64, dtype=torch.bfloat16)
     k = torch.empty(1, 8193 * 128, 1, 64, dtype=torch.bfloat16)  # 8193 key tiles: 257 words
     long_rows = torch.zeros(1, 1, 1, 257, dtype=torch.int32)
-    for rows in ({"write_bits": long_rows}, {"compute_bits": long_rows}):  # both are staged in shared memory
-        long_call = AttentionCall(q, k, k, 0.125, torch.zeros(1), 128, 128, **rows)
-        assert "key tiles" in backend.unsupported_reason(long_call)
-    dense_call = AttentionCall(q, k, k, 0.125, torch.zeros(1), 128, 128)  # no rows: any length
+    gaps = torch.empty(1, 1, 1, 8193)
+    # Every call that runs the skip-state kernel lists a row's kept tiles in shared memory.
+    for extra in ({"write_bits": long_rows}, {"compute_bits": long_rows}, {"tile_gaps": gaps}, {"use_int8": True}):
+        long_call = AttentionCall(q, k, k, 0.125, torch.zeros(1), 128, 128, **extra)
+        assert "8192 key tiles" in backend.unsupported_reason(long_call)
+    dense_call = AttentionCall(q, k, k, 0.125, torch.zeros(1), 128, 128)  # the dense kernel: any length
     assert "key tiles" not in backend.unsupported_reason(dense_call)
 
 

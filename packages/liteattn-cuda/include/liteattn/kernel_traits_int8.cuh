@@ -104,7 +104,8 @@ struct KernelTraitsInt8 {
 };
 
 // Int8 Q/K halve their smem, so more K/V stages fit than in the 16-bit kernel:
-// D=128: Q 16 KB + 4 x (K 16 KB + V 32 KB) = 208 KB; D=64: Q 8 KB + 4 x (8 + 16) KB = 104 KB.
+// D=128: Q 16 KB + 3 x (K 16 KB + V 32 KB) = 160 KB (a fourth stage no longer fits beside the 16 KB list of kept
+// tiles and the key loop's 2 KB); D=64: Q 8 KB + 4 x (8 + 16) KB = 104 KB.
 template <int kHeadDim> struct Int8Geometry;
 template <> struct Int8Geometry<64> { static constexpr int kBlockM = 128, kBlockN = 128, kStages = 4; };
 template <> struct Int8Geometry<128> { static constexpr int kBlockM = 128, kBlockN = 128, kStages = 3; };

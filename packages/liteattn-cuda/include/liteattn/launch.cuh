@@ -44,8 +44,9 @@ int launch_fwd(FwdArgs const& args, cudaStream_t stream) {
       args.reverse,
   };
 
-  // Keep and skip-test rows are staged in shared memory, kMaxSkipWords words each.
-  if ((args.write_bits != nullptr || args.compute_bits != nullptr) && params.num_words > kMaxSkipWords) return -2;
+  // Kernels with a skip state list the kept tiles of a row (all of them without compute_bits) and stage the
+  // skip-test row in shared memory: kMaxSkipWords words, 8192 key tiles.
+  if (Traits::kSkipState && params.num_words > kMaxSkipWords) return -2;
   auto kernel = &fwd_kernel_sm90<Traits>;
   constexpr int smem = Traits::kSmemBytes;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);

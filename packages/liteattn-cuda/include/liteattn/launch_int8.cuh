@@ -49,8 +49,9 @@ int run_fwd_int8_hdim(FwdArgs const& args, Int8Scales const& scales, cudaStream_
       args.reverse,
   };
 
-  // Keep and skip-test rows are staged in shared memory, kMaxSkipWords words each.
-  if ((args.write_bits != nullptr || args.compute_bits != nullptr) && params.num_words > kMaxSkipWords) return -2;
+  // The consumers list the kept tiles of a row (all of them without compute_bits) and stage the skip-test row in
+  // shared memory: kMaxSkipWords words, 8192 key tiles.
+  if (params.num_words > kMaxSkipWords) return -2;
   auto kernel = &fwd_kernel_sm90_int8<Traits>;
   constexpr int smem = Traits::kSmemBytes;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);

@@ -14,7 +14,7 @@ from . import _ops
 HEAD_DIMS = frozenset({64, 128, 256})
 INT8_HEAD_DIMS = frozenset({64, 128})  # csrc/build_kernels.py: INT8_HEAD_DIMS
 DTYPES = frozenset({torch.float16, torch.bfloat16})
-MAX_ROW_WORDS = 256  # kMaxSkipWords in include/liteattn/skip_test.cuh: keep / skip-test rows staged in smem
+MAX_ROW_WORDS = 256  # kMaxSkipWords in include/liteattn/skip_test.cuh: keep rows listed, skip-test rows staged in smem
 
 
 class CudaBackend:
@@ -47,10 +47,13 @@ class CudaBackend:
         if call.use_int8 and q.shape[-1] not in INT8_HEAD_DIMS:
             return (f"int8 Q/K (use_int8=True) is compiled for head dims {sorted(INT8_HEAD_DIMS)} only, "
                     f"not {q.shape[-1]}")
-        has_rows = call.write_bits is not None or call.compute_bits is not None
-        if has_rows and -(-call.k_tiles // 32) > MAX_ROW_WORDS:
-            return (f"skip states of more than {MAX_ROW_WORDS * 32} key tiles ({MAX_ROW_WORDS * 32 * call.block_n} "
-                    f"keys) are not supported")
+        # Every call but a plain dense one runs the skip-state kernel, whose consumers list the kept tiles of a
+        # row in shared memory (launch.cuh, launch_int8.cuh).
+        skip_state_kernel = (call.write_bits is not None or call.compute_bits is not None or call.use_int8
+                             or call.tile_gaps is not None)
+        if skip_state_kernel and -(-call.k_tiles // 32) > MAX_ROW_WORDS:
+            return (f"more than {MAX_ROW_WORDS * 32} key tiles ({MAX_ROW_WORDS * 32 * call.block_n} keys) are "
+                    f"supported only for dense 16-bit calls (no skip state, tile gaps or int8 Q/K)")
         if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
             return f"dtype {q.dtype} (q), {k.dtype} (k), {v.dtype} (v): need one of float16/bfloat16 for all"
         if q.shape[-1] not in HEAD_DIMS:
