@@ -112,8 +112,8 @@ liteattn::FwdArgs make_fwd_args(Tensor const& q, Tensor const& k, Tensor const& 
 void check_launch(int err, liteattn::FwdArgs const& args) {
   STD_TORCH_CHECK(err != -1, "liteattn_cuda: no kernel for head dim ", args.head_dim, " with tiles (", args.block_m,
                   ", ", args.block_n, ")");
-  STD_TORCH_CHECK(err != -2, "liteattn_cuda: more than 8192 key tiles (256 words per keep row) in a call with "
-                              "compute_bits, write_bits, tile_gaps or int8 Q/K");
+  STD_TORCH_CHECK(err != -2, "liteattn_cuda: more than 8192 key tiles (256 words per keep row) in a call that runs "
+                              "the skip-state kernel (compute_bits, write_bits, tile_gaps, int8 Q/K or head dim 256)");
   STD_TORCH_CHECK(err == 0, "liteattn_cuda: kernel launch failed with CUDA error ", err);
 }
 

@@ -1,7 +1,9 @@
 """CPU tests: capabilities, reasons, argument checks and library discovery (no GPU needed)."""
 
 import math
+import re
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch
 import liteattn_cuda
 from liteattn.backend import AttentionCall
 from liteattn_cuda import CudaBackend, _ops
+from liteattn_cuda.backend import DENSE_KERNEL_HEAD_DIMS
 
 
 def make_call(D=128, dtype=torch.bfloat16, block=None, Dv=None, **kw):
@@ -75,6 +78,17 @@ def test_skip_state_rows_accepted_until_too_long():
         assert "8192 key tiles" in backend.unsupported_reason(long_call)
     dense_call = AttentionCall(q, k, k, 0.125, torch.zeros(1), 128, 128)  # the dense kernel: any length
     assert "key tiles" not in backend.unsupported_reason(dense_call)
+    # Head dim 256 has no dense kernel of its own: its dense calls run the skip-state kernel (64-key tiles).
+    q256 = torch.empty(1, 1, 1, 256, dtype=torch.bfloat16).expand(1, 128, 1, 256)
+    k256 = torch.empty(1, 1, 1, 256, dtype=torch.bfloat16).expand(1, 8193 * 64, 1, 256)
+    dense_256 = AttentionCall(q256, k256, k256, 0.0625, torch.zeros(1), 128, 64)
+    assert "8192 key tiles" in backend.unsupported_reason(dense_256)
+
+
+def test_dense_kernel_head_dims_match_the_kernel_traits():
+    traits = (Path(__file__).parents[1] / "include" / "liteattn" / "kernel_traits.cuh").read_text()
+    own_geometry = {int(d) for d in re.findall(r"template <> struct DenseGeometry<(\d+)>", traits)}
+    assert own_geometry == set(DENSE_KERNEL_HEAD_DIMS)
 
 
 def test_missing_library_reported(monkeypatch, tmp_path):

@@ -15,6 +15,9 @@ HEAD_DIMS = frozenset({64, 128, 256})
 INT8_HEAD_DIMS = frozenset({64, 128})  # csrc/build_kernels.py: INT8_HEAD_DIMS
 DTYPES = frozenset({torch.float16, torch.bfloat16})
 MAX_ROW_WORDS = 256  # kMaxSkipWords in include/liteattn/skip_test.cuh: keep rows listed, skip-test rows staged in smem
+# Head dims whose dense calls run a kernel without a skip state (DenseGeometry in include/liteattn/kernel_traits.cuh);
+# at the others a dense call runs the skip-state kernel.
+DENSE_KERNEL_HEAD_DIMS = frozenset({64, 128})
 
 
 class CudaBackend:
@@ -47,13 +50,14 @@ class CudaBackend:
         if call.use_int8 and q.shape[-1] not in INT8_HEAD_DIMS:
             return (f"int8 Q/K (use_int8=True) is compiled for head dims {sorted(INT8_HEAD_DIMS)} only, "
                     f"not {q.shape[-1]}")
-        # Every call but a plain dense one runs the skip-state kernel, whose consumers list the kept tiles of a
-        # row in shared memory (launch.cuh, launch_int8.cuh).
+        # The skip-state kernel lists the kept tiles of a row in shared memory (launch.cuh, launch_int8.cuh); every
+        # call but a plain dense one at a head dim with a dense kernel runs it.
         skip_state_kernel = (call.write_bits is not None or call.compute_bits is not None or call.use_int8
-                             or call.tile_gaps is not None)
+                             or call.tile_gaps is not None or q.shape[-1] not in DENSE_KERNEL_HEAD_DIMS)
         if skip_state_kernel and -(-call.k_tiles // 32) > MAX_ROW_WORDS:
             return (f"more than {MAX_ROW_WORDS * 32} key tiles ({MAX_ROW_WORDS * 32 * call.block_n} keys) are "
-                    f"supported only for dense 16-bit calls (no skip state, tile gaps or int8 Q/K)")
+                    f"supported only for dense 16-bit calls (no skip state, tile gaps or int8 Q/K) at head dims "
+                    f"{sorted(DENSE_KERNEL_HEAD_DIMS)}")
         if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
             return f"dtype {q.dtype} (q), {k.dtype} (k), {v.dtype} (v): need one of float16/bfloat16 for all"
         if q.shape[-1] not in HEAD_DIMS:
