@@ -13,11 +13,13 @@
 
 namespace liteattn {
 
-constexpr int kMaxSkipWords = 256;  // write_bits rows of up to 8192 key tiles (1M keys at block_n 128)
+// Rows of up to 8192 key tiles (1M keys at block_n 128): the skip-test words and the consumers' list of kept tiles
+// live in shared memory.
+constexpr int kMaxSkipWords = 256;
 constexpr int kSkipBarrierId = 3;   // named barrier over the consumer threads (0: __syncthreads, 1-2: ping-pong)
 
 // Named barrier over the consumer warpgroups only (the producer thread runs ahead and never joins). It orders
-// shared-memory traffic (staged keep rows, the skip-test words), hence the "memory" clobber.
+// shared-memory traffic (the list of kept tiles, the skip-test words), hence the "memory" clobber.
 template <int kNumMmaThreads>
 CUTE_DEVICE void consumer_sync() {
   asm volatile("bar.sync %0, %1;\n" ::"n"(kSkipBarrierId), "n"(kNumMmaThreads) : "memory");

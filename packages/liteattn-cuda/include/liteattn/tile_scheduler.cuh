@@ -49,6 +49,12 @@ inline int work_grid_size(int num_work_tiles) {
   return sms < num_work_tiles ? sms : num_work_tiles;
 }
 
+// Word w of a keep row with the bits past the row's last key tile (num_tiles) cleared.
+CUTE_DEVICE uint32_t keep_word_bits(uint32_t bits, int w, int num_tiles) {
+  int const valid = num_tiles - w * 32;  // bits of this word that name real tiles
+  return valid < 32 ? bits & ((1u << valid) - 1u) : bits;
+}
+
 // The producer's walk: the set bits of one (b, h, query-tile) row of the keep bitmask, ascending or descending, in
 // its own shared-memory copy of the row (stage_keep_row). One thread running ahead of the consumers can afford
 // the branches; the consumers walk KeptTileList instead.
@@ -61,10 +67,7 @@ struct KeptTileIterator {
   uint32_t cur;
 
   CUTE_DEVICE uint32_t load_word(int w) const {
-    uint32_t bits = words == nullptr ? 0xffffffffu : words[w];
-    int valid = num_tiles - w * 32;  // bits of this word that name real tiles
-    if (valid < 32) bits &= (1u << valid) - 1u;
-    return bits;
+    return keep_word_bits(words == nullptr ? 0xffffffffu : words[w], w, num_tiles);
   }
 
   CUTE_DEVICE KeptTileIterator(uint32_t const* words_, int num_tiles_, bool reverse_)

@@ -42,11 +42,10 @@ CUTE_DEVICE int list_kept_tiles(Params const& params, int tile, int16_t* list, i
   int const lane = thread_idx % 32, warp = thread_idx / 32;
   uint32_t bits = 0u;
   if (thread_idx < params.num_words) {
-    bits = params.compute_bits == nullptr
-               ? 0xffffffffu
-               : uint32_t(__ldg(params.compute_bits + int64_t(tile) * params.num_words + thread_idx));
-    int const valid = params.num_k_tiles - thread_idx * 32;  // bits of this word that name real tiles
-    if (valid < 32) bits &= (1u << valid) - 1u;
+    bits = keep_word_bits(params.compute_bits == nullptr
+                              ? 0xffffffffu
+                              : uint32_t(__ldg(params.compute_bits + int64_t(tile) * params.num_words + thread_idx)),
+                          thread_idx, params.num_k_tiles);
   }
   int const count = __popc(bits);
   int inclusive = count;
@@ -73,6 +72,19 @@ CUTE_DEVICE int list_kept_tiles(Params const& params, int tile, int16_t* list, i
   }
   consumer_sync<kNumMmaThreads>();  // list complete
   return total;
+}
+
+// The consumers' walk over a work tile's key tiles: the listed kept tiles (kernels with a skip state), or all.
+template <class Traits, class Params>
+CUTE_DEVICE auto consumer_tile_iterator(Params const& params, typename Traits::SharedStorage& shared, int tile,
+                                        int thread_idx) {
+  if constexpr (Traits::kSkipState) {
+    int const kept = list_kept_tiles<Traits::kNumMmaThreads>(params, tile, shared.kept_list, shared.kept_warp_counts,
+                                                              thread_idx);
+    return KeptTileList(shared.kept_list, kept, params.reverse);
+  } else {
+    return DenseTileIterator(params.num_k_tiles, params.reverse);
+  }
 }
 
 // The skip test of one work tile (a no-op in kernels without a skip state).
@@ -141,15 +153,7 @@ CUTE_DEVICE void run_work_tiles(Params const& params, typename Traits::SharedSto
   int q_round = 0;
   for (int tile = scheduler.first(); scheduler.valid(tile); tile = scheduler.next(tile)) {
     WorkTile const work = scheduler.decode(tile);
-    auto tiles = [&] {
-      if constexpr (Traits::kSkipState) {
-        int const kept = list_kept_tiles<Traits::kNumMmaThreads>(params, tile, shared.kept_list,
-                                                                  shared.kept_warp_counts, thread_idx);
-        return KeptTileList(shared.kept_list, kept, params.reverse);
-      } else {
-        return DenseTileIterator(params.num_k_tiles, params.reverse);
-      }
-    }();
+    auto tiles = consumer_tile_iterator<Traits>(params, shared, tile, thread_idx);
     int const num_kept = tiles.count();
 
     typename Traits::TiledMmaPV mma_pv;
