@@ -47,7 +47,6 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   pipe_params.num_consumers = Traits::kNumMmaThreads;
   Pipeline pipeline_k(shared.pipeline_k, pipe_params, Shape<_1, _1, _1>{});
   Pipeline pipeline_v(shared.pipeline_v, pipe_params, Shape<_1, _1, _1>{});
-  fill_row_sum_ones<Traits>(shared);
   __syncthreads();  // barrier inits visible to every role
 
   run_work_tiles<Traits>(params, shared, pipeline_k, pipeline_v,

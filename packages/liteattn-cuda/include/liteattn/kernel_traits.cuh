@@ -14,7 +14,6 @@
 #include <cutlass/pipeline/pipeline.hpp>
 
 #include "skip_test.cuh"
-#include "softmax.cuh"
 
 // K/V ring depth at head dim 128 (development knob: 3 stages fit in 227 KB and measured no faster).
 #ifndef LITEATTN_STAGES_D128
@@ -38,18 +37,6 @@
 namespace liteattn {
 
 using namespace cute;
-
-// The row sums of P as a GEMM: P (the PV wgmma's A registers) times a (BN x 8) tile of ones in shared memory
-// gives every row's sum in each of 8 accumulator columns (4 fp32 registers per thread).
-template <class Element, int kBlockM, int kBlockN, class AtomLayoutMNK>
-struct RowSumGemmTypes {
-  using TiledMma = decltype(make_tiled_mma(
-      SM90::GMMA::rs_op_selector<Element, Element, float, Shape<Int<kBlockM>, _8, Int<kBlockN>>, GMMA::Major::K,
-                                 GMMA::Major::K>(),
-      AtomLayoutMNK{}));
-  using SmemLayoutOnes = decltype(tile_to_shape(GMMA::Layout_K_INTER_Atom<Element>{}, Shape<_8, Int<kBlockN>>{}));
-  static constexpr int kOnes = LITEATTN_TC_ROW_SUM ? 8 * kBlockN : 8;
-};
 
 // setmaxnreg moves registers within what the CTA was launched with (65536 / threads per thread, in steps of 8):
 // consumers asking for more than the producer gave back would wait forever.
@@ -100,7 +87,6 @@ struct KernelTraits {
       SM90::GMMA::rs_op_selector<Element, Element, ElementAccum, TileShapePV, GMMA::Major::K,
                                  GMMA::Major::MN>(),
       AtomLayoutMNK{}));
-  using RowSum = RowSumGemmTypes<Element, kBlockM, kBlockN, AtomLayoutMNK>;
 
   // 128-byte swizzle: TMA writes 64-element rows, wgmma reads them conflict-free.
   using SmemLayoutAtom = GMMA::Layout_K_SW128_Atom<Element>;
@@ -136,7 +122,6 @@ struct KernelTraits {
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutQ>> smem_q;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutK>> smem_k;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutV>> smem_v;
-    alignas(128) cute::array_aligned<Element, RowSum::kOnes> smem_ones;  // LITEATTN_TC_ROW_SUM's ones tile
     alignas(16) uint32_t skip_words[kMaxSkipWords];            // this CTA's write_bits row while the loop runs
     alignas(16) uint32_t keep_words_producer[kMaxSkipWords];  // the producer's copy of this work tile's keep row
     // The consumers' list of kept tiles (KeptTileList, kernels with a skip state) and its per-warp counts.

@@ -49,7 +49,6 @@ struct KernelTraitsInt8 {
       SM90::GMMA::rs_op_selector<Element, Element, ElementAccum, TileShapePV, GMMA::Major::K,
                                  GMMA::Major::MN>(),
       AtomLayoutMNK{}));
-  using RowSum = RowSumGemmTypes<Element, kBlockM, kBlockN, AtomLayoutMNK>;
 
   using SmemLayoutAtomQK = KMajorSmemAtom<ElementQK, kHeadDim>;
   using SmemLayoutQ = decltype(tile_to_shape(SmemLayoutAtomQK{}, Shape<Int<kBlockM>, Int<kHeadDim>>{}));
@@ -90,7 +89,6 @@ struct KernelTraitsInt8 {
     alignas(1024) cute::array_aligned<ElementQK, cosize_v<SmemLayoutQ>> smem_q;
     alignas(1024) cute::array_aligned<ElementQK, cosize_v<SmemLayoutK>> smem_k;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutV>> smem_v;
-    alignas(128) cute::array_aligned<Element, RowSum::kOnes> smem_ones;  // LITEATTN_TC_ROW_SUM's ones tile
     alignas(16) uint32_t skip_words[kMaxSkipWords];
     alignas(16) uint32_t keep_words_producer[kMaxSkipWords];  // the producer's copy of this work tile's keep row
     // The consumers' list of kept tiles (KeptTileList, kernels with a skip state) and its per-warp counts.

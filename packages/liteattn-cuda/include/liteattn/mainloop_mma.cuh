@@ -51,52 +51,7 @@ struct KeyTileGemms {
   CUTE_DEVICE void issue_pv(TensorP const& tOrP, int stage, TensorO& tOrO) {
     wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP, tOrV(_, _, _, stage), tOrO);
   }
-  // O += P V[stage] and the row sums += P ones in one batch.
-  template <class TensorP, class TensorO, class RowSums>
-  CUTE_DEVICE void issue_pv(TensorP const& tOrP, int stage, TensorO& tOrO, RowSums& sums) {
-    warpgroup_fence_operand(const_cast<TensorP&>(tOrP));
-    warpgroup_fence_operand(tOrO);
-    warpgroup_fence_operand(sums.acc);
-    warpgroup_arrive();
-    CUTE_UNROLL
-    for (int k = 0; k < size<2>(tOrP); ++k) cute::gemm(mma_pv, tOrP(_, _, k), tOrV(_, _, k, stage), tOrO);
-    CUTE_UNROLL
-    for (int k = 0; k < size<2>(tOrP); ++k) cute::gemm(sums.mma, tOrP(_, _, k), sums.tB(_, _, k), sums.acc);
-    warpgroup_commit_batch();
-    warpgroup_fence_operand(tOrO);
-    warpgroup_fence_operand(sums.acc);
-    warpgroup_fence_operand(const_cast<TensorP&>(tOrP));
-  }
 };
-
-// The row sums of P accumulated on the tensor cores (LITEATTN_TC_ROW_SUM): see RowSumGemmTypes.
-template <class Mma, class FragB, class FragAcc>
-struct RowSumGemm {
-  Mma mma;
-  FragB tB;     // (MMA, MMA_N, MMA_K): descriptors of the ones tile
-  FragAcc acc;  // (MMA, MMA_M, MMA_N): 4 fp32 per thread; acc(2 r) is the whole sum of this thread's row r
-};
-
-template <class Traits>
-CUTE_DEVICE auto row_sum_gemm(typename Traits::SharedStorage& shared, int thread_idx) {
-  using Types = typename Traits::RowSum;
-  Tensor sOnes = make_tensor(make_smem_ptr(shared.smem_ones.data()), typename Types::SmemLayoutOnes{});  // (8, BN)
-  typename Types::TiledMma mma;
-  mma.accumulate_ = GMMA::ScaleOut::One;
-  Tensor tB = mma.get_thread_slice(thread_idx).partition_fragment_B(sOnes);
-  Tensor acc = partition_fragment_C(mma, Shape<Int<Traits::kBlockM>, _8>{});
-  clear(acc);
-  return RowSumGemm<decltype(mma), decltype(tB), decltype(acc)>{mma, tB, acc};
-}
-
-// Empty asm statements that claim to change the exp2 results: the compiler must compute them before the next
-// volatile asm (the wgmma wait), which the row-sum store did while the sums were FADDs.
-template <class TensorS>
-CUTE_DEVICE void pin_scores(TensorS& t) {
-  static_assert(decltype(size(t))::value % 4 == 0);
-  CUTE_UNROLL
-  for (int i = 0; i < size(t); i += 4) asm volatile("" : "+f"(t(i)), "+f"(t(i + 1)), "+f"(t(i + 2)), "+f"(t(i + 3)));
-}
 
 template <class Traits>
 CUTE_DEVICE auto key_tile_gemms(typename Traits::SharedStorage& shared, int thread_idx) {
@@ -182,17 +137,11 @@ struct PingPong {
 
 // O *= correction per row. Once a row's running max settles, most tiles leave every row of a warp unchanged
 // (correction exactly 1): a warp-uniform test then skips the D/2 multiplies.
-template <class TensorO, class... More>
-CUTE_DEVICE void rescale_o(TensorO& tOrO, float const (&correction)[2], More&... more) {
+template <class TensorO>
+CUTE_DEVICE void rescale_o(TensorO& tOrO, float const (&correction)[2]) {
   if (LITEATTN_LAZY_RESCALE && __all_sync(0xffffffffu, correction[0] == 1.f && correction[1] == 1.f)) return;
   CUTE_UNROLL
   for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= correction[acc_row(i)];
-  (
-      [&](auto& t) {
-        CUTE_UNROLL
-        for (int i = 0; i < size(t); ++i) t(i) *= correction[acc_row(i)];
-      }(more),
-      ...);
 }
 
 // Keys >= Sk of the last key tile were zero-filled by TMA: give them -inf. Branch-free on purpose: a branch
@@ -272,9 +221,6 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
   shared.barrier_q.wait(q_round & 1);
   load_q<Traits>(shared, thread_idx, gemms);
 
-#if LITEATTN_TC_ROW_SUM
-  auto sums = row_sum_gemm<Traits>(shared, thread_idx);
-#endif
   for (int n = tiles.next(), n_next = 0; n >= 0; n = n_next) {
     float const factor = scale.factor(n);  // INT8: issued before the waits, used after
     // Wait for K[stage] (full barrier), S = Q K^T, then release K[stage] to the producer (empty barrier).
@@ -294,31 +240,19 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
     softmax.step(tSrS, correction, factor);
     bool const needs = skip.needs(softmax);
     skip.record_gap(n, softmax, lane);
-#if LITEATTN_TC_ROW_SUM
-    rescale_o(tOrO, correction, sums.acc);
-#else
     rescale_o(tOrO, correction);
-#endif
     Tensor rP = convert_fragment<Element>(tSrS);                                        // (MMA, MMA_M, MMA_N)
     Tensor tOrP = make_tensor(rP.data(), acc_layout_as_a_operand(rP.layout()));          // (MMA, MMA_M, MMA_K)
 
     // Wait for V[stage], O += P V, release V[stage]; the warp vote runs while the PV wgmma does.
     pipeline_v.consumer_wait(state);
-#if LITEATTN_TC_ROW_SUM
-    gemms.issue_pv(tOrP, state.index(), tOrO, sums);
-#else
     gemms.issue_pv(tOrP, state.index(), tOrO);
-#endif
     n_next = tiles.next();  // under the PV wgmma
     skip.commit(n, needs, lane);
     warpgroup_wait<0>();
     pipeline_v.consumer_release(state);
     ++state;
   }
-#if LITEATTN_TC_ROW_SUM
-  softmax.row_sum[0] = sums.acc(0);
-  softmax.row_sum[1] = sums.acc(2);
-#endif
   release_q(shared);
   turn.finish();
 }
@@ -354,9 +288,6 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
 
   int const lane = thread_idx % 32;
   int const partial_tile = params.seqlen_k % kBlockN == 0 ? -1 : params.num_k_tiles - 1;
-#if LITEATTN_TC_ROW_SUM
-  auto sums = row_sum_gemm<Traits>(shared, thread_idx);
-#endif
   PingPong<Traits::kNumMmaWarpgroups> turn{thread_idx / 128};
   turn.start();
   shared.barrier_q.wait(q_round & 1);
@@ -391,11 +322,7 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
     pipeline_k.consumer_wait(state);
     pipeline_v.consumer_wait(state_v);
     gemms.issue_qk(state.index(), tSrAcc);
-#if LITEATTN_TC_ROW_SUM
-    gemms.issue_pv(tOrP, state_v.index(), tOrO, sums);
-#else
     gemms.issue_pv(tOrP, state_v.index(), tOrO);
-#endif
     turn.pass_turn();
     n_next = tiles.next();
     warpgroup_wait<1>();  // S(n) landed; PV(p) may still run
@@ -404,13 +331,8 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
     if constexpr (decltype(masked)::value) mask_partial_tile<kBlockN>(tSrS, n, n, params.seqlen_k, lane);
     softmax.step(tSrS, correction, factor);
     bool const needs = skip.row_needs(softmax);
-#if LITEATTN_TC_ROW_SUM
-    pin_scores(tSrS);
-    (void)sink_addr;
-#else
     asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(sink_addr), "f"(softmax.row_sum[0]),
                  "f"(softmax.row_sum[1]) : "memory");
-#endif
     warpgroup_wait<0>();  // PV(p) done: O and the P registers are free again
     pipeline_v.consumer_release(state_v);
     skip.commit(n, needs, lane);
@@ -418,11 +340,7 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
     convert_fragment_into(tSrS, rP);
     // O for S(n)'s max shift, here rather than before the next PV issue: nothing is in flight, so the warp-uniform
     // skip of rescale_o is free (1-3% on the skip-state kernels, bench/NOTES-cuda.md, eighth round).
-#if LITEATTN_TC_ROW_SUM
-    rescale_o(tOrO, correction, sums.acc);
-#else
     rescale_o(tOrO, correction);
-#endif
     ++state_v;
     ++state;
   };
@@ -438,18 +356,10 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
   // The last kept tile's PV.
   turn.wait_turn();
   pipeline_v.consumer_wait(state_v);
-#if LITEATTN_TC_ROW_SUM
-  gemms.issue_pv(tOrP, state_v.index(), tOrO, sums);
-#else
   gemms.issue_pv(tOrP, state_v.index(), tOrO);
-#endif
   turn.pass_turn();
   warpgroup_wait<0>();
   pipeline_v.consumer_release(state_v);
-#if LITEATTN_TC_ROW_SUM
-  softmax.row_sum[0] = sums.acc(0);
-  softmax.row_sum[1] = sums.acc(2);
-#endif
   release_q(shared);
   turn.finish();
 }

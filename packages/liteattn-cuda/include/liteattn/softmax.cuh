@@ -15,11 +15,6 @@ using namespace cute;
 CUTE_DEVICE int acc_row(int i) { return (i >> 1) & 1; }
 CUTE_DEVICE int acc_col(int i, int lane) { return 2 * (lane & 3) + (i & 1) + 8 * (i >> 2); }
 
-// Row sums of P on the tensor cores (RowSumGemmTypes) instead of one FADD per score (development knob).
-#ifndef LITEATTN_TC_ROW_SUM
-#define LITEATTN_TC_ROW_SUM 0
-#endif
-
 #ifndef LITEATTN_FAST_EXP2
 #define LITEATTN_FAST_EXP2 1
 #endif
@@ -33,24 +28,6 @@ CUTE_DEVICE float fast_exp2(float x) {
 #else
   return exp2f(x);
 #endif
-}
-
-// Every k-th score's exp2 on the FMA pipe (poly_exp2) instead of MUFU (development knob; 0 = none).
-#ifndef LITEATTN_POLY_EXP2_EVERY
-#define LITEATTN_POLY_EXP2_EVERY 0
-#endif
-
-// 2^x without MUFU: x rounded to an integer j (the 1.5 * 2^23 shift), 2^(x - j) by a degree-3 polynomial on
-// [-0.5, 0.5] (relative error 7.5e-5, below the bf16/fp16 rounding of P), j added to the exponent field. x is
-// clamped at -126 so that -inf (masked keys) and underflow give at most 2^-125.5 instead of wrapping.
-CUTE_DEVICE float poly_exp2(float x) {
-  x = fmaxf(x, -126.f);
-  float const shifted = x + 12582912.f;
-  float const f = x - (shifted - 12582912.f);
-  float p = fmaf(0.05517132f, f, 0.24261054f);
-  p = fmaf(p, f, 0.69326097f);
-  p = fmaf(p, f, 0.99992812f);
-  return __int_as_float(__float_as_int(p) + (__float_as_int(shifted) << 23));
 }
 
 CUTE_DEVICE float quad_max(float x) {
@@ -93,23 +70,16 @@ struct OnlineSoftmax {
       new_max[r] = fmaxf(row_max[r], tile_max[r]);
       correction[r] = exp2f((row_max[r] - new_max[r]) * scale_log2);
       row_max[r] = new_max[r];
-      if (!LITEATTN_TC_ROW_SUM) row_sum[r] *= correction[r];
+      row_sum[r] *= correction[r];
     }
     float const max_scaled[2] = {new_max[0] * scale_log2, new_max[1] * scale_log2};
     float const tile_scale_log2 = scale_log2 * score_factor;
-    constexpr int kPolyEvery = LITEATTN_POLY_EXP2_EVERY > 0 ? LITEATTN_POLY_EXP2_EVERY : 1;
     CUTE_UNROLL
     for (int i = 0; i < N; ++i) {
       // One FFMA + MUFU.EX2 per score; masked scores are -inf and give 0.
-      float const x = fmaf(tSrS(i), tile_scale_log2, -max_scaled[acc_row(i)]);
-      float p;
-      if (LITEATTN_POLY_EXP2_EVERY > 0 && i % kPolyEvery == kPolyEvery - 1) {
-        p = poly_exp2(x);
-      } else {
-        p = fast_exp2(x);
-      }
+      float p = fast_exp2(fmaf(tSrS(i), tile_scale_log2, -max_scaled[acc_row(i)]));
       tSrS(i) = p;
-      if (!LITEATTN_TC_ROW_SUM) row_sum[acc_row(i)] += p;
+      row_sum[acc_row(i)] += p;
     }
   }
 
@@ -117,7 +87,7 @@ struct OnlineSoftmax {
   CUTE_DEVICE void finalize(float scale, float (&inv_sum)[2], float (&lse)[2]) {
     CUTE_UNROLL
     for (int r = 0; r < 2; ++r) {
-      float s = LITEATTN_TC_ROW_SUM ? row_sum[r] : quad_sum(row_sum[r]);  // tensor-core sums are whole rows
+      float s = quad_sum(row_sum[r]);
       bool empty = !(s > 0.f);
       inv_sum[r] = empty ? 0.f : 1.f / s;
       lse[r] = empty ? -INFINITY : row_max[r] * scale + logf(s);

@@ -187,18 +187,6 @@ CUTE_DEVICE void run_work_tiles(Params const& params, typename Traits::SharedSto
   }
 }
 
-// LITEATTN_TC_ROW_SUM: the ones tile the row-sum wgmma reads, written once per CTA by every thread before the
-// kernel's __syncthreads (the proxy fence makes the generic stores visible to the wgmma's async reads).
-template <class Traits>
-CUTE_DEVICE void fill_row_sum_ones(typename Traits::SharedStorage& shared) {
-  if constexpr (LITEATTN_TC_ROW_SUM) {
-    for (int i = threadIdx.x; i < Traits::RowSum::kOnes; i += Traits::kNumThreads) {
-      shared.smem_ones[i] = typename Traits::Element(1.f);
-    }
-    cutlass::arch::fence_view_async_shared();
-  }
-}
-
 // Barrier set-up of both kernels: Q-landed (one producer arrival + Q's bytes), Q-released (every consumer thread).
 template <class Traits, class Params>
 CUTE_DEVICE void init_q_barriers(Params const& params, typename Traits::SharedStorage& shared) {
