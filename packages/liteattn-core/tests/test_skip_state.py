@@ -34,17 +34,6 @@ def test_fresh_state_keeps_every_tile_with_the_packed_layout(k_len):
     assert not state.write_bits.any()
 
 
-@pytest.mark.parametrize("k_tiles", [1, 31, 32, 33, 100])
-def test_kept_tile_count_counts_every_set_bit(k_tiles):
-    from liteattn.functional import _kept_tile_count
-
-    mask = torch.rand(2, 3, 5, k_tiles, generator=torch.Generator().manual_seed(k_tiles)) < 0.3
-    mask[0, 0, 0] = True  # a full row: the last word of a 32-tile row has its sign bit set
-    count = _kept_tile_count(pack_keep_mask(mask))
-    assert count.dtype == torch.float32 and count.dim() == 0
-    assert count.item() == mask.sum().item()
-
-
 def test_state_views_agree():
     q = torch.randn(1, 100, 2, 32)
     state = liteattn.SkipState(32, 32)

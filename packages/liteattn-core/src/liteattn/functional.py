@@ -210,7 +210,8 @@ def _sparsity(call: AttentionCall) -> torch.Tensor:
     if call.compute_bits is None:
         return torch.zeros((), dtype=torch.float32, device=call.q.device)
     total = call.batch * call.num_heads * call.q_tiles * call.k_tiles
-    return torch.rsub(_kept_tile_count(call.compute_bits), float(total)).div_(total)  # exactly 0 with every tile kept
+    kept = _popcount(call.compute_bits).sum(dtype=torch.float32)
+    return kept.mul(-1.0 / total).add_(1.0)
 
 
 def _smoothing_offset(query, key, scale):
@@ -224,19 +225,13 @@ def _smoothing_offset(query, key, scale):
     return torch.einsum("bqhd,bhd->bhq", query.float(), mean_k) * scale
 
 
-def _kept_tile_count(words: torch.Tensor) -> torch.Tensor:
-    """Set bits of packed keep words, as a 0-d float32 tensor on their device.
-
-    A lookup of each byte in a 256-entry table and one float sum: three small kernels on a GPU, where the 32
-    shifted copies of every word and their int64 sum took ~20 us per call (measured on an H100), 2% of a call
-    at 90% sparsity."""
-    byte_values = words.contiguous().view(torch.uint8).to(torch.int32)
-    return _byte_bit_counts(words.device)[byte_values].sum()
+def _popcount(words: torch.Tensor) -> torch.Tensor:
+    return ((words.unsqueeze(-1) >> _bit_shifts(words.device)) & 1).sum(dim=(-1, -2))
 
 
 @functools.cache
-def _byte_bit_counts(device: torch.device) -> torch.Tensor:
-    return torch.tensor([bin(b).count("1") for b in range(256)], dtype=torch.float32, device=device)
+def _bit_shifts(device: torch.device) -> torch.Tensor:
+    return torch.arange(32, device=device, dtype=torch.int32)
 
 
 def _empty_result(query, value):
