@@ -77,3 +77,52 @@ def test_environment_selects_backend(fake_backend, monkeypatch):
     monkeypatch.setenv("LITEATTN_BACKEND", "fake")
     with pytest.raises(liteattn.BackendUnavailableError, match="dtype"):
         liteattn.lite_attention(Q, Q, Q)
+
+
+class SkipCountingBackend:
+    """Runs the reference and claims to count skipped tiles: it adds every tile, so a sparsity of 1.0 can only
+    come from its counter, never from core's own count of the bits."""
+
+    name = "counting"
+    priority = 60
+
+    def __init__(self):
+        self.counters = []
+
+    def capabilities(self):
+        return Capabilities(frozenset({"cpu"}), frozenset({torch.float32}), frozenset({32}), counts_skipped=True)
+
+    def unavailable_reason(self):
+        return None
+
+    def unsupported_reason(self, call):
+        return None
+
+    def forward(self, call):
+        self.counters.append(call.skipped_tiles)
+        if call.skipped_tiles is not None:
+            call.skipped_tiles.add_(call.batch * call.num_heads * call.q_tiles * call.k_tiles)
+        return reference_forward(call)
+
+
+def test_sparsity_comes_from_a_counting_backend(monkeypatch):
+    backend = SkipCountingBackend()
+    registered = {"reference": dispatch.ReferenceBackend, "counting": lambda: backend}
+    monkeypatch.setattr(dispatch, "_registered", lambda: registered)
+    monkeypatch.setattr(dispatch, "_load", lambda name: registered[name]() if name in registered else "missing")
+    attn = liteattn.LiteAttention()
+    attn(Q, Q, Q)  # reads the fresh state's bits: gets a zeroed int64 counter
+    counter = backend.counters[-1]
+    assert counter.dtype == torch.int64 and counter.dim() == 0
+    assert attn.last_sparsity == 1.0  # from the counter (the fresh state keeps every tile)
+    liteattn.lite_attention(Q, Q, Q)  # no keep bits: no counter, nothing skipped
+    assert backend.counters[-1] is None
+
+
+def test_backends_that_do_not_count_get_no_counter(fake_backend):
+    seen = []
+    forward = fake_backend.forward
+    fake_backend.forward = lambda call: seen.append(call.skipped_tiles) or forward(call)
+    half = Q.half()
+    liteattn.lite_attention(half, half, half, must_skip_list=[0, 16])  # keep bits without a state
+    assert seen == [None]

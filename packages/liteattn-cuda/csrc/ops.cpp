@@ -35,7 +35,8 @@ void check_bshd(Tensor const& t, char const* name, int64_t batch, int64_t heads_
 liteattn::FwdArgs make_fwd_args(Tensor const& q, Tensor const& k, Tensor const& v, Tensor& out, Tensor& lse,
                                 std::optional<Tensor> const& compute_bits, std::optional<Tensor> const& write_bits,
                                 std::optional<Tensor> const& thresholds, std::optional<Tensor> const& tile_gaps,
-                                double scale, int64_t block_m, int64_t block_n, bool reverse) {
+                                std::optional<Tensor> const& skipped_tiles, double scale, int64_t block_m,
+                                int64_t block_n, bool reverse) {
   int64_t const B = q.size(0), Sq = q.size(1), H = q.size(2), D = q.size(3);
   int64_t const Sk = k.size(1), Hkv = k.size(2);
   STD_TORCH_CHECK(v.size(1) == Sk && v.size(2) == Hkv, "v must have k's (B, Sk, Hkv)");
@@ -79,6 +80,13 @@ liteattn::FwdArgs make_fwd_args(Tensor const& q, Tensor const& k, Tensor const& 
                     ", ", KT, ")");
     gaps = static_cast<float*>(tg.data_ptr());
   }
+  unsigned long long* skipped = nullptr;
+  if (skipped_tiles.has_value()) {
+    Tensor const& st = *skipped_tiles;
+    STD_TORCH_CHECK(st.is_cuda() && st.scalar_type() == ScalarType::Long && st.dim() == 0,
+                    "skipped_tiles must be a 0-d int64 CUDA tensor");
+    skipped = static_cast<unsigned long long*>(st.data_ptr());
+  }
   liteattn::FwdArgs args{};
   args.q = q.data_ptr();
   args.k = k.data_ptr();
@@ -89,6 +97,7 @@ liteattn::FwdArgs make_fwd_args(Tensor const& q, Tensor const& k, Tensor const& 
   args.write_bits = wbits;
   args.thresholds = thr;
   args.tile_gaps = gaps;
+  args.skipped_tiles = skipped;
   for (int i = 0; i < 3; ++i) {
     args.q_stride[i] = q.stride(i);
     args.k_stride[i] = k.stride(i);
@@ -126,7 +135,8 @@ bool is_16bit(ScalarType t) { return t == ScalarType::BFloat16 || t == ScalarTyp
 
 void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, std::optional<Tensor> compute_bits,
          std::optional<Tensor> write_bits, std::optional<Tensor> thresholds, std::optional<Tensor> tile_gaps,
-         double scale, int64_t block_m, int64_t block_n, bool reverse, int64_t stream) {
+         std::optional<Tensor> skipped_tiles, double scale, int64_t block_m, int64_t block_n, bool reverse,
+         int64_t stream) {
   check_qkv_shapes(q, k);
   int64_t const B = q.size(0), D = q.size(3);
   STD_TORCH_CHECK(is_16bit(q.scalar_type()), "q must be float16 or bfloat16");
@@ -138,7 +148,7 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, std::optional<Ten
   check_bshd(v, "v", B, 1, D);
   check_bshd(out, "out", B, 1, D);
   liteattn::FwdArgs const args = make_fwd_args(q, k, v, out, lse, compute_bits, write_bits, thresholds, tile_gaps,
-                                               scale, block_m, block_n, reverse);
+                                               skipped_tiles, scale, block_m, block_n, reverse);
   check_launch(liteattn::fwd_sm90(args, reinterpret_cast<void*>(stream)), args);
 }
 
@@ -206,8 +216,8 @@ void quantize_qk(Tensor q, Tensor k, Tensor q8, Tensor k8, Tensor q_scale, Tenso
 // fwd on the int8 copies made by quantize_qk: q8 (B, Sq, H, D), k8 (B, Sk, Hkv, D), v/out fp16 or bf16.
 void fwd_int8(Tensor q8, Tensor k8, Tensor v, Tensor out, Tensor lse, Tensor q_scale, Tensor k_scale,
               std::optional<Tensor> compute_bits, std::optional<Tensor> write_bits, std::optional<Tensor> thresholds,
-              std::optional<Tensor> tile_gaps, double scale, int64_t block_m, int64_t block_n, bool reverse,
-              int64_t stream) {
+              std::optional<Tensor> tile_gaps, std::optional<Tensor> skipped_tiles, double scale, int64_t block_m,
+              int64_t block_n, bool reverse, int64_t stream) {
   check_qkv_shapes(q8, k8);
   int64_t const B = q8.size(0), Sq = q8.size(1), H = q8.size(2), D = q8.size(3);
   int64_t const Sk = k8.size(1), Hkv = k8.size(2);
@@ -223,7 +233,7 @@ void fwd_int8(Tensor q8, Tensor k8, Tensor v, Tensor out, Tensor lse, Tensor q_s
   check_scales(q_scale, "q_scale", B, H, (Sq + block_m - 1) / block_m);
   check_scales(k_scale, "k_scale", B, Hkv, (Sk + block_n - 1) / block_n);
   liteattn::FwdArgs const args = make_fwd_args(q8, k8, v, out, lse, compute_bits, write_bits, thresholds,
-                                               tile_gaps, scale, block_m, block_n, reverse);
+                                               tile_gaps, skipped_tiles, scale, block_m, block_n, reverse);
   liteattn::Int8Scales const scales{static_cast<float const*>(q_scale.data_ptr()),
                                     static_cast<float const*>(k_scale.data_ptr())};
   check_launch(liteattn::fwd_int8_sm90(args, scales, reinterpret_cast<void*>(stream)), args);
@@ -233,13 +243,13 @@ void fwd_int8(Tensor q8, Tensor k8, Tensor v, Tensor out, Tensor lse, Tensor q_s
 
 STABLE_TORCH_LIBRARY(liteattn_cuda, m) {
   m.def("fwd(Tensor q, Tensor k, Tensor v, Tensor(a!) out, Tensor(b!) lse, Tensor? compute_bits, Tensor(c!)? write_bits, "
-        "Tensor? thresholds, Tensor(d!)? tile_gaps, float scale, "
+        "Tensor? thresholds, Tensor(d!)? tile_gaps, Tensor(e!)? skipped_tiles, float scale, "
         "int block_m, int block_n, bool reverse, int stream) -> ()");
   m.def("quantize_qk(Tensor q, Tensor k, Tensor(a!) q8, Tensor(b!) k8, Tensor(c!) q_scale, Tensor(d!) k_scale, "
         "Tensor(e!) k_partial, int block_m, int block_n, int stream) -> ()");
   m.def("fwd_int8(Tensor q8, Tensor k8, Tensor v, Tensor(a!) out, Tensor(b!) lse, Tensor q_scale, Tensor k_scale, "
-        "Tensor? compute_bits, Tensor(c!)? write_bits, Tensor? thresholds, Tensor(d!)? tile_gaps, float scale, "
-        "int block_m, int block_n, bool reverse, int stream) -> ()");
+        "Tensor? compute_bits, Tensor(c!)? write_bits, Tensor? thresholds, Tensor(d!)? tile_gaps, "
+        "Tensor(e!)? skipped_tiles, float scale, int block_m, int block_n, bool reverse, int stream) -> ()");
 }
 
 STABLE_TORCH_LIBRARY_IMPL(liteattn_cuda, CUDA, m) {

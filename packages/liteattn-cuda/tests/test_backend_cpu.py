@@ -120,7 +120,7 @@ def test_int8_dispatch_and_head_dims(monkeypatch):
                 torch.ones(q.shape[0], q.shape[2], -(-q.shape[1] // bm)),
                 torch.ones(k.shape[0], k.shape[2], -(-k.shape[1] // bn)))
 
-    def fake_fwd_int8(q8, k8, v, out, lse, qs, ks, bits, scale, bm, bn, rev, wb=None, th=None, gaps=None):
+    def fake_fwd_int8(q8, k8, v, out, lse, qs, ks, bits, scale, bm, bn, rev, wb=None, th=None, gaps=None, skipped=None):
         assert q8.dtype == torch.int8 and k8.dtype == torch.int8 and qs.shape == (1, 4, 2) and ks.shape == (1, 2, 2)
         calls.append(("fwd_int8", wb is not None, th is not None))
 

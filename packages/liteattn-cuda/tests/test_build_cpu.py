@@ -124,8 +124,8 @@ def test_stable_abi_op_registers_and_checks(tmp_path):
     # The schemas bind (a wrong argument count would fail differently); CPU tensors are then refused.
     refused = r"must be a CUDA tensor|'CPU' backend"
     with pytest.raises((RuntimeError, NotImplementedError), match=refused):
-        torch.ops.liteattn_cuda.fwd(q, q, q, q.clone(), torch.empty(1, 2, 16), None, None, None, None, 0.125, 128,
-                                    128, False, 0)
+        torch.ops.liteattn_cuda.fwd(q, q, q, q.clone(), torch.empty(1, 2, 16), None, None, None, None, None, 0.125,
+                                    128, 128, False, 0)
     q8 = torch.zeros(q.shape, dtype=torch.int8)
     scales = torch.ones(1, 2, 1)
     with pytest.raises((RuntimeError, NotImplementedError), match=refused):
@@ -133,4 +133,4 @@ def test_stable_abi_op_registers_and_checks(tmp_path):
                                             128, 128, 0)
     with pytest.raises((RuntimeError, NotImplementedError), match=refused):
         torch.ops.liteattn_cuda.fwd_int8(q8, q8, q, q.clone(), torch.empty(1, 2, 16), scales, scales, None, None,
-                                         None, None, 0.125, 128, 128, False, 0)
+                                         None, None, None, 0.125, 128, 128, False, 0)

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+import liteattn
 from liteattn.backend import AttentionCall
 from liteattn.reference import masked_attention, reference_forward
 from liteattn.skip_state import pack_keep_mask, unpack_keep_mask
@@ -118,6 +119,26 @@ def test_tile_gaps_match_reference_and_written_bits(case):
     assert (gaps[finite] - ref_gaps[finite]).abs().max().item() <= 1e-3
     # The gaps give the written bits exactly, at the call's thresholds.
     assert torch.equal(pack_keep_mask((gaps > thresholds.view(1, H, 1, 1)).cpu()), written.cpu())
+
+
+@pytest.mark.parametrize("use_int8", [False, True])
+@pytest.mark.parametrize("case", CASES[1:5], ids=lambda c: "-".join(str(x) for x in c))
+def test_skipped_tile_count_matches_the_keep_bits(case, use_int8):
+    B, Sq, Sk, H, Hkv, D, dtype, sparsity, reverse = case
+    if use_int8 and D not in (64, 128):
+        pytest.skip("int8 Q/K is built for head dims 64 and 128")
+    backend, q, k, v, keep, bits = _skip_case(case, seed=3)
+    bm, bn = default_tile_shape(D)
+    skipped = torch.zeros((), dtype=torch.int64, device="cuda")
+    backend.forward(AttentionCall(q, k, v, 1 / math.sqrt(D), torch.zeros(H, device="cuda"), bm, bn, bits, None,
+                                  reverse, use_int8, skipped_tiles=skipped))
+    assert skipped.item() == keep.numel() - keep.sum().item()
+    # Through core: the sparsity a stateful call reports comes from the counter and equals the bits' own count.
+    state = liteattn.SkipState()
+    liteattn.lite_attention(q, k, v, state, backend="cuda", use_int8=use_int8)
+    state.read_bits.copy_(bits)
+    liteattn.lite_attention(q, k, v, state, backend="cuda", use_int8=use_int8)
+    assert state.last_sparsity == pytest.approx(1 - keep.sum().item() / keep.numel(), abs=1e-6)
 
 
 # -- INT8 Q/K (use_int8) ------------------------------------------------------------------------------------

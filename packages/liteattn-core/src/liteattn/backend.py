@@ -36,6 +36,11 @@ class AttentionCall:
     reverse: bool = False  # visit kept key tiles in descending order
     use_int8: bool = False
     tile_gaps: torch.Tensor | None = None  # float32 (B, H, q_tiles, k_tiles) output, see below
+    skipped_tiles: torch.Tensor | None = None  # 0-d int64 counter, zero on entry: += key tiles not computed
+
+    # ``skipped_tiles`` is passed only to backends whose capabilities say ``counts_skipped``, and only with
+    # ``compute_bits``: such a backend adds the number of (query tile, key tile) pairs it did not compute, which
+    # core turns into the call's sparsity without popcounting the bits afterwards (~20 us of small kernels).
 
     # ``tile_gaps``, when given, receives for every computed tile the largest ``tile max - running max before
     # it`` over the valid rows of its query tile (log2 units, +inf for a row's first tile), and -inf for tiles
@@ -85,6 +90,7 @@ class Capabilities:
     int8: bool = False
     writes_state: bool = True
     tile_gaps: bool = False  # can fill AttentionCall.tile_gaps
+    counts_skipped: bool = False  # can fill AttentionCall.skipped_tiles
 
 
 @runtime_checkable

@@ -61,6 +61,7 @@ def run_attention(query, key, value, state: SkipState | None, *, threshold, scal
         return _empty_result(query, value)
     call, forced_bits = prepared
     chosen = select_backend(call, backend)
+    call = _with_skip_counter(call, chosen)
     out, lse = _forward(chosen, call, query, key)
     sparsity = _sparsity(call)
     if state is not None:
@@ -133,6 +134,7 @@ def probe_tile_gaps(query, key, value, state: SkipState, *, scale=None, must_do_
         gaps = torch.empty(call.batch, call.num_heads, call.q_tiles, call.k_tiles, dtype=torch.float32,
                            device=query.device)
         call = replace(call, tile_gaps=gaps)
+    call = _with_skip_counter(call, chosen)
     out, lse = _forward(chosen, call, query, key)
     return TileGapProbe(out, lse, gaps, forced_bits, _sparsity(call), call, chosen)
 
@@ -204,12 +206,21 @@ def _forward(backend, call: AttentionCall, query, key):
     return out, lse
 
 
+def _with_skip_counter(call: AttentionCall, backend: Backend) -> AttentionCall:
+    """``call`` with a zeroed skipped-tiles counter when it reads keep bits and ``backend`` can count."""
+    if call.compute_bits is None or not backend.capabilities().counts_skipped:
+        return call
+    return replace(call, skipped_tiles=torch.zeros((), dtype=torch.int64, device=call.q.device))
+
+
 def _sparsity(call: AttentionCall) -> torch.Tensor:
     """Fraction of (query tile, key tile) pairs the call skips: a 0-d float32 tensor, computed on the device
     without waiting for it (a per-call host sync would stall every layer of a model behind the GPU)."""
-    if call.compute_bits is None:
-        return torch.zeros((), dtype=torch.float32, device=call.q.device)
     total = call.batch * call.num_heads * call.q_tiles * call.k_tiles
+    if call.compute_bits is None or total == 0:
+        return torch.zeros((), dtype=torch.float32, device=call.q.device)
+    if call.skipped_tiles is not None:  # counted by the backend while it ran
+        return call.skipped_tiles.div(total)
     kept = _popcount(call.compute_bits).sum(dtype=torch.float32)
     return kept.mul(-1.0 / total).add_(1.0)
 

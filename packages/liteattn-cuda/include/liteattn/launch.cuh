@@ -34,6 +34,7 @@ int launch_fwd(FwdArgs const& args, cudaStream_t stream) {
       args.write_bits,
       args.thresholds,
       args.tile_gaps,
+      args.skipped_tiles,
       args.seqlen_q, args.seqlen_k, args.num_heads, args.num_heads / args.num_heads_kv,
       (args.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM,
       (args.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN,

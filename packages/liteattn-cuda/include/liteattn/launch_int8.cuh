@@ -37,6 +37,7 @@ int run_fwd_int8_hdim(FwdArgs const& args, Int8Scales const& scales, cudaStream_
       args.write_bits,
       args.thresholds,
       args.tile_gaps,
+      args.skipped_tiles,
       scales.q_scale,
       scales.k_scale,
       args.seqlen_q, args.seqlen_k, args.num_heads, args.num_heads / args.num_heads_kv,

@@ -38,17 +38,19 @@ def load() -> str | None:
 def fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
         compute_bits: torch.Tensor | None, scale: float, block_m: int, block_n: int, reverse: bool,
         write_bits: torch.Tensor | None = None, thresholds: torch.Tensor | None = None,
-        tile_gaps: torch.Tensor | None = None) -> None:
+        tile_gaps: torch.Tensor | None = None, skipped_tiles: torch.Tensor | None = None) -> None:
     """Run the kernel into ``out`` / ``lse`` (and ``write_bits`` when given, with the skip test against
-    ``thresholds``; ``tile_gaps``, pre-filled with -inf, gets every computed tile's gap) on q's device and
-    current stream (no argument checks beyond the op's)."""
+    ``thresholds``; ``tile_gaps``, pre-filled with -inf, gets every computed tile's gap; ``skipped_tiles``, a
+    zeroed 0-d int64 tensor, gets the number of key tiles skipped) on q's device and current stream (no argument
+    checks beyond the op's)."""
     reason = load()
     if reason is not None:
         raise RuntimeError(reason)
     with torch.cuda.device(q.device):
         stream = torch.cuda.current_stream(q.device).cuda_stream
         torch.ops.liteattn_cuda.fwd(q, k, v, out, lse, compute_bits, write_bits, thresholds, tile_gaps,
-                                    float(scale), int(block_m), int(block_n), bool(reverse), int(stream))
+                                    skipped_tiles, float(scale), int(block_m), int(block_n), bool(reverse),
+                                    int(stream))
 
 
 QUANT_SUM_ROWS = 1024  # kQuantSumRows in include/liteattn/api.h: rows per chunk of K's channel-mean pass
@@ -78,7 +80,8 @@ def quantize_qk(q: torch.Tensor, k: torch.Tensor, block_m: int, block_n: int):
 def fwd_int8(q8: torch.Tensor, k8: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
              q_scale: torch.Tensor, k_scale: torch.Tensor, compute_bits: torch.Tensor | None, scale: float,
              block_m: int, block_n: int, reverse: bool, write_bits: torch.Tensor | None = None,
-             thresholds: torch.Tensor | None = None, tile_gaps: torch.Tensor | None = None) -> None:
+             thresholds: torch.Tensor | None = None, tile_gaps: torch.Tensor | None = None,
+             skipped_tiles: torch.Tensor | None = None) -> None:
     """``fwd`` on the int8 copies of :func:`quantize_qk`; ``lse`` is that of the smoothed scores."""
     reason = load()
     if reason is not None:
@@ -86,5 +89,5 @@ def fwd_int8(q8: torch.Tensor, k8: torch.Tensor, v: torch.Tensor, out: torch.Ten
     with torch.cuda.device(v.device):
         stream = torch.cuda.current_stream(v.device).cuda_stream
         torch.ops.liteattn_cuda.fwd_int8(q8, k8, v, out, lse, q_scale, k_scale, compute_bits, write_bits, thresholds,
-                                         tile_gaps, float(scale), int(block_m), int(block_n), bool(reverse),
-                                         int(stream))
+                                         tile_gaps, skipped_tiles, float(scale), int(block_m), int(block_n),
+                                         bool(reverse), int(stream))

@@ -35,7 +35,7 @@ class CudaBackend:
 
     def capabilities(self) -> Capabilities:
         return Capabilities(devices=frozenset({"cuda"}), dtypes=DTYPES, head_dims=HEAD_DIMS, int8=True,
-                            writes_state=True, tile_gaps=True)
+                            writes_state=True, tile_gaps=True, counts_skipped=True)
 
     def unavailable_reason(self) -> str | None:
         if not torch.cuda.is_available():
@@ -98,10 +98,10 @@ class CudaBackend:
         if call.use_int8:
             q8, k8, q_scale, k_scale = _ops.quantize_qk(q, k, call.block_m, call.block_n)
             _ops.fwd_int8(q8, k8, v, out, lse, q_scale, k_scale, bits, call.scale, call.block_m, call.block_n,
-                          call.reverse, write, thresholds, gaps)
+                          call.reverse, write, thresholds, gaps, call.skipped_tiles)
         else:
             _ops.fwd(q, k, v, out, lse, bits, call.scale, call.block_m, call.block_n, call.reverse, write,
-                     thresholds, gaps)
+                     thresholds, gaps, call.skipped_tiles)
         for staged, target in ((write, call.write_bits), (gaps, call.tile_gaps)):
             if staged is not target:
                 target.copy_(staged)
