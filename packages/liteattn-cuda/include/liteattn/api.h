@@ -18,7 +18,7 @@ struct FwdArgs {
   int32_t* write_bits;           // (B, H, QT, W), contiguous, or nullptr = no skip test
   float const* thresholds;       // (H,) log2 units; read only with write_bits
   float* tile_gaps;              // (B, H, QT, KT), contiguous, pre-filled with -inf, or nullptr
-  unsigned long long* skipped_tiles;  // one counter, pre-zeroed: += the key tiles each row skips, or nullptr
+  unsigned long long* skipped_tiles;  // one counter, pre-zeroed: += the key tiles the call skips, or nullptr
   int64_t q_stride[3];
   int64_t k_stride[3];
   int64_t v_stride[3];
