@@ -61,9 +61,7 @@ def run_attention(query, key, value, state: SkipState | None, *, threshold, scal
         return _empty_result(query, value)
     call, forced_bits = prepared
     chosen = select_backend(call, backend)
-    call = _with_skip_counter(call, chosen)
-    out, lse = _forward(chosen, call, query, key)
-    sparsity = _sparsity(call)
+    out, lse, sparsity = _forward(chosen, call, query, key)
     if state is not None:
         state.advance(forced_bits)
         state.last_sparsity = sparsity
@@ -134,9 +132,8 @@ def probe_tile_gaps(query, key, value, state: SkipState, *, scale=None, must_do_
         gaps = torch.empty(call.batch, call.num_heads, call.q_tiles, call.k_tiles, dtype=torch.float32,
                            device=query.device)
         call = replace(call, tile_gaps=gaps)
-    call = _with_skip_counter(call, chosen)
-    out, lse = _forward(chosen, call, query, key)
-    return TileGapProbe(out, lse, gaps, forced_bits, _sparsity(call), call, chosen)
+    out, lse, sparsity = _forward(chosen, call, query, key)
+    return TileGapProbe(out, lse, gaps, forced_bits, sparsity, call, chosen)
 
 
 def tile_gaps_available(query, key, value, state: SkipState | None, *, scale=None, must_do_list: Ranges = None,
@@ -200,17 +197,14 @@ def _prepare(query, key, value, state, *, threshold, scale, must_do_list, must_s
 
 
 def _forward(backend, call: AttentionCall, query, key):
+    """Run ``call`` on ``backend``: ``(out, lse, sparsity)``. A backend that counts the tiles it skips gets a
+    zeroed counter when the call reads keep bits (only the call handed to it carries the counter)."""
+    if call.compute_bits is not None and backend.capabilities().counts_skipped:
+        call = replace(call, skipped_tiles=torch.zeros((), dtype=torch.int64, device=call.q.device))
     out, lse = backend.forward(call)
     if call.use_int8:
         lse = lse + _smoothing_offset(query, key, call.scale)
-    return out, lse
-
-
-def _with_skip_counter(call: AttentionCall, backend: Backend) -> AttentionCall:
-    """``call`` with a zeroed skipped-tiles counter when it reads keep bits and ``backend`` can count."""
-    if call.compute_bits is None or not backend.capabilities().counts_skipped:
-        return call
-    return replace(call, skipped_tiles=torch.zeros((), dtype=torch.int64, device=call.q.device))
+    return out, lse, _sparsity(call)
 
 
 def _sparsity(call: AttentionCall) -> torch.Tensor:

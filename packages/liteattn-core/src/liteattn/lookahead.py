@@ -70,7 +70,7 @@ class Lookahead:
         self._weights = _BIT_WEIGHTS.to(device=gaps.device, dtype=torch.int32)
         self._backend = probe.backend
         # The next call visits key tiles the other way; B only reads bits, so it writes none and reports no gaps.
-        self._base = replace(call, q=query, compute_bits=None, write_bits=None, tile_gaps=None, skipped_tiles=None,
+        self._base = replace(call, q=query, compute_bits=None, write_bits=None, tile_gaps=None,
                              reverse=not call.reverse)
         self._calls: dict[int, AttentionCall] = {}  # per number of candidates
 
