@@ -22,7 +22,6 @@ struct KernelParams {
   int32_t* write_bits;          // (B, H, QT, W) or nullptr
   float const* thresholds;      // (H,), log2 units
   float* tile_gaps;             // (B, H, QT, KT), pre-filled with -inf, or nullptr
-  int* tile_counter;            // a persistent grid's next work tile, or nullptr (one CTA per work tile)
   unsigned long long* skipped_tiles;  // += B * H * QT * KT minus the tiles computed, or nullptr
   int seqlen_q, seqlen_k, num_heads, head_ratio;
   int num_q_tiles, num_k_tiles, num_words;

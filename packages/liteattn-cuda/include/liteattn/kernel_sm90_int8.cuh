@@ -22,7 +22,6 @@ struct KernelParamsInt8 {
   int32_t* write_bits;          // (B, H, QT, W) or nullptr
   float const* thresholds;      // (H,), log2 units
   float* tile_gaps;             // (B, H, QT, KT), pre-filled with -inf, or nullptr
-  int* tile_counter;            // a persistent grid's next work tile, or nullptr (one CTA per work tile)
   unsigned long long* skipped_tiles;  // += B * H * QT * KT minus the tiles computed, or nullptr
   float const* q_scale;         // (B, H, QT)
   float const* k_scale;         // (B, Hkv, KT)

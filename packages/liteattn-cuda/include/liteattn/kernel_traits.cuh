@@ -128,10 +128,7 @@ struct KernelTraits {
     alignas(16) int16_t kept_list[kSkipState ? kMaxSkipWords * 32 + 2 : 1];
     int kept_warp_counts[kNumMmaThreads / 32];
     alignas(16) cutlass::arch::ClusterTransactionBarrier barrier_q;  // Q landed (one phase per loaded tile)
-    cutlass::arch::ClusterBarrier barrier_q_empty;  // every consumer thread is done with Q, work_tile and the staged
-                                                    // keep row (one phase per work tile)
-    cutlass::arch::ClusterBarrier barrier_tile;     // the producer wrote work_tile (one phase per work tile)
-    int work_tile;                                  // the tile the CTA runs next (past the last: no more)
+    cutlass::arch::ClusterBarrier barrier_q_empty;  // every consumer thread is done with Q (one phase per tile)
     typename Pipeline::SharedStorage pipeline_k;
     typename Pipeline::SharedStorage pipeline_v;
   };

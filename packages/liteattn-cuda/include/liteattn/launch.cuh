@@ -34,7 +34,6 @@ int launch_fwd(FwdArgs const& args, cudaStream_t stream) {
       args.write_bits,
       args.thresholds,
       args.tile_gaps,
-      nullptr,  // tile_counter, set below
       args.skipped_tiles,
       args.seqlen_q, args.seqlen_k, args.num_heads, args.num_heads / args.num_heads_kv,
       (args.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM,
@@ -54,8 +53,7 @@ int launch_fwd(FwdArgs const& args, cudaStream_t stream) {
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return int(err);
   if (params.num_work_tiles == 0) return 0;
-  params.tile_counter = development_tile_counter(stream);
-  int const grid = work_grid_size(params.num_work_tiles, params.tile_counter != nullptr);
+  int const grid = work_grid_size(params.num_work_tiles);
   if (grid < 0) return -grid;
   kernel<<<grid, Traits::kNumThreads, smem, stream>>>(params);
   return int(cudaGetLastError());

@@ -37,7 +37,6 @@ int run_fwd_int8_hdim(FwdArgs const& args, Int8Scales const& scales, cudaStream_
       args.write_bits,
       args.thresholds,
       args.tile_gaps,
-      nullptr,  // tile_counter, set below
       args.skipped_tiles,
       scales.q_scale,
       scales.k_scale,
@@ -59,8 +58,7 @@ int run_fwd_int8_hdim(FwdArgs const& args, Int8Scales const& scales, cudaStream_
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return int(err);
   if (params.num_work_tiles == 0) return 0;
-  params.tile_counter = development_tile_counter(stream);
-  int const grid = work_grid_size(params.num_work_tiles, params.tile_counter != nullptr);
+  int const grid = work_grid_size(params.num_work_tiles);
   if (grid < 0) return -grid;
   kernel<<<grid, Traits::kNumThreads, smem, stream>>>(params);
   return int(cudaGetLastError());

@@ -7,13 +7,13 @@
 
 namespace liteattn {
 
-// One work tile. `state` is the ring position, carried from tile to tile. Tiles with no kept key tile load
-// nothing.
+// One work tile. `state` is the ring position, carried from tile to tile; `q_round` counts the tiles whose Q was
+// loaded before this one (tiles with no kept key tile load nothing). Returns whether Q was loaded.
 template <class Traits, class Params, class PipelineState, class TileIterator>
-CUTE_DEVICE void producer_load(Params const& params, typename Traits::SharedStorage& shared, WorkTile const& work,
+CUTE_DEVICE bool producer_load(Params const& params, typename Traits::SharedStorage& shared, WorkTile const& work,
                                typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
-                               TileIterator tiles, int num_kept, PipelineState& state) {
-  if (num_kept == 0) return;  // consumers write zeros / -inf without waiting on anything
+                               TileIterator tiles, int num_kept, PipelineState& state, int q_round) {
+  if (num_kept == 0) return false;  // consumers write zeros / -inf without waiting on anything
 
   Tensor sQ = make_tensor(make_smem_ptr(shared.smem_q.data()), typename Traits::SmemLayoutQ{});  // (BM, D)
   Tensor sK = make_tensor(make_smem_ptr(shared.smem_k.data()), typename Traits::SmemLayoutK{});  // (BN, D, stage)
@@ -33,7 +33,9 @@ CUTE_DEVICE void producer_load(Params const& params, typename Traits::SharedStor
   auto [tKgK, tKsK] = tma_partition(params.tma_k, _0{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
   auto [tVgV, tVsV] = tma_partition(params.tma_v, _0{}, Layout<_1>{}, group_modes<0, 2>(sV), group_modes<0, 2>(gV));
 
-  // Q has one buffer, free again (the caller waited for barrier_q_empty): arm barrier_q with Q's byte count.
+  // Q has one buffer: wait until every consumer thread finished the previous tile's last QK^T (barrier_q_empty),
+  // then arm barrier_q (phase q_round) with Q's byte count. Meanwhile the consumers run the previous epilogue.
+  if (q_round > 0) shared.barrier_q_empty.wait((q_round - 1) & 1);
   shared.barrier_q.arrive_and_expect_tx(Traits::kTmaBytesQ);
   copy(params.tma_q.with(reinterpret_cast<uint64_t&>(shared.barrier_q), 0), tQgQ, tQsQ);
 
@@ -69,6 +71,7 @@ CUTE_DEVICE void producer_load(Params const& params, typename Traits::SharedStor
       ++state;
     }
   }
+  return true;
 }
 
 }  // namespace liteattn

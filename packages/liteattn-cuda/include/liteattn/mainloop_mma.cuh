@@ -154,11 +154,8 @@ CUTE_DEVICE void mask_partial_tile(TensorS& tSrS, int n, int partial_tile, int s
   for (int i = 0; i < size(tSrS); ++i) tSrS(i) = acc_col(i, lane) >= valid ? -INFINITY : tSrS(i);
 }
 
-// Signal the producer that this thread no longer reads Q, so the next work tile's Q may overwrite it: with Q in
-// registers as soon as it is copied there, else after the tile's last QK^T.
-#ifndef LITEATTN_EARLY_Q
-#define LITEATTN_EARLY_Q 1
-#endif
+// Signal the producer that this thread's warpgroup no longer reads Q (its last QK^T has completed), so the next
+// work tile's Q may overwrite it while this tile's epilogue runs.
 template <class SharedStorage>
 CUTE_DEVICE void release_q(SharedStorage& shared) {
   shared.barrier_q_empty.arrive();
@@ -223,7 +220,6 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
   // Consumers wait on barrier_q (armed by the producer) once per work tile, before the first QK^T.
   shared.barrier_q.wait(q_round & 1);
   load_q<Traits>(shared, thread_idx, gemms);
-  if constexpr (LITEATTN_EARLY_Q && Traits::kQInRegisters) release_q(shared);
 
   for (int n = tiles.next(), n_next = 0; n >= 0; n = n_next) {
     float const factor = scale.factor(n);  // INT8: issued before the waits, used after
@@ -257,7 +253,7 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
     pipeline_v.consumer_release(state);
     ++state;
   }
-  if constexpr (!(LITEATTN_EARLY_Q && Traits::kQInRegisters)) release_q(shared);
+  release_q(shared);
   turn.finish();
 }
 
@@ -296,7 +292,6 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
   turn.start();
   shared.barrier_q.wait(q_round & 1);
   load_q<Traits>(shared, thread_idx, gemms);
-  if constexpr (LITEATTN_EARLY_Q && Traits::kQInRegisters) release_q(shared);
 
   // First kept tile: S alone (nothing to overlap it with); a branch is free while no wgmma is in flight.
   int n = tiles.next();
@@ -365,7 +360,7 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
   turn.pass_turn();
   warpgroup_wait<0>();
   pipeline_v.consumer_release(state_v);
-  if constexpr (!(LITEATTN_EARLY_Q && Traits::kQInRegisters)) release_q(shared);
+  release_q(shared);
   turn.finish();
 }
 

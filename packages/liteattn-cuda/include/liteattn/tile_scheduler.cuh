@@ -13,26 +13,20 @@ struct WorkTile {
   int batch;
 };
 
-// Work tiles: one (query tile, head, batch) each, numbered like the rows of the keep bitmask ((b * H + h) * QT + m),
-// query tile fastest, so that the CTAs running at any moment share a few K/V heads and hit L2.
-//
-// Two grids. Without a counter, one CTA per work tile, which the hardware hands to SMs as they free up: rows with
-// few kept tiles never hold an SM while others wait. With a counter (one int32, zero at the launch), a persistent
-// grid of one CTA per SM: CTA i starts on tile i and its producer thread takes each further tile from the counter
-// while it loads the one before (in order: whichever CTA is free first takes the next), so that the next tile's
-// keep row, Q and first K/V loads overlap the current tile's last iterations and its epilogue. A static assignment
-// (tile = i + j x gridDim.x) costs 5-10% to imbalance on skewed keep masks (bench/NOTES-cuda.md, v8).
+// A CTA walks the work tiles blockIdx.x, blockIdx.x + gridDim.x, ... A work tile is one (query tile, head,
+// batch), numbered like the rows of the keep bitmask ((b * H + h) * QT + m), query tile fastest, so that the CTAs
+// running at any moment share a few K/V heads and hit L2. The default grid has one CTA per work tile, which the
+// hardware hands to SMs as they free up: rows with few kept tiles never hold an SM while others wait. With
+// LITEATTN_PERSISTENT=1 the grid is one CTA per SM, each carrying its K/V ring and Q barriers across its tiles
+// (the producer loads the next Q and K/V during the epilogue); the static assignment then costs 5-10% to
+// imbalance between SMs on skewed keep masks (bench/NOTES-cuda.md, v8).
 struct WorkTileScheduler {
   int num_tiles;  // B * H * QT
   int num_q_tiles;
   int num_heads;
-  int* counter;   // nullptr: one CTA per work tile
 
   CUTE_DEVICE int first() const { return int(blockIdx.x); }
-  // The producer thread only: the tile after `tile` (past the last when there is none).
-  CUTE_DEVICE int next(int tile) const {
-    return counter == nullptr ? tile + int(gridDim.x) : atomicAdd(counter, 1) + int(gridDim.x);
-  }
+  CUTE_DEVICE int next(int tile) const { return tile + int(gridDim.x); }
   CUTE_DEVICE bool valid(int tile) const { return tile < num_tiles; }
   CUTE_DEVICE WorkTile decode(int tile) const {
     int const rest = tile / num_q_tiles;
@@ -46,22 +40,13 @@ struct WorkTileScheduler {
 
 // One CTA per work tile, or (persistent) one resident CTA per SM (a CTA takes most of an SM's shared memory),
 // never more CTAs than work tiles. Returns the grid size, or minus a cudaError_t value.
-inline int work_grid_size(int num_work_tiles, bool persistent) {
-  if (!persistent) return num_work_tiles;
+inline int work_grid_size(int num_work_tiles) {
+  if (!LITEATTN_PERSISTENT) return num_work_tiles;
   int device = 0, sms = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (err != cudaSuccess) return -int(err);
   return sms < num_work_tiles ? sms : num_work_tiles;
-}
-
-// Development builds with LITEATTN_PERSISTENT=2 (measurements only): the persistent grid's counter, one int32 per
-// process on the current device, zeroed on the call's stream. nullptr otherwise (one CTA per work tile).
-inline int* development_tile_counter(cudaStream_t stream) {
-  if (LITEATTN_PERSISTENT != 2) return nullptr;
-  static int* counter = nullptr;
-  if (counter == nullptr && cudaMalloc(&counter, sizeof(int)) != cudaSuccess) return nullptr;
-  return cudaMemsetAsync(counter, 0, sizeof(int), stream) == cudaSuccess ? counter : nullptr;
 }
 
 // Word w of a keep row with the bits past the row's last key tile (num_tiles) cleared.

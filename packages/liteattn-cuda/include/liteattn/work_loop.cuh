@@ -33,18 +33,19 @@ CUTE_DEVICE auto producer_tile_iterator(Params const& params, uint32_t const* st
   }
 }
 
-// Every consumer thread: lists the kept key tiles of a work tile (its keep row as the producer staged it in shared
-// memory, or every tile without one) in shared memory for KeptTileList, one keep word per thread: a popcount, a warp scan and the warps' totals give
+// Every consumer thread: lists the kept key tiles of work tile `tile` (its keep row, or every tile without one)
+// in shared memory for KeptTileList, one keep word per thread: a popcount, a warp scan and the warps' totals give
 // each word's place in the list. Returns the number of kept tiles.
 template <int kNumMmaThreads, class Params>
-CUTE_DEVICE int list_kept_tiles(Params const& params, uint32_t const* staged_row, int16_t* list, int* warp_counts,
-                                int thread_idx) {
+CUTE_DEVICE int list_kept_tiles(Params const& params, int tile, int16_t* list, int* warp_counts, int thread_idx) {
   static_assert(kNumMmaThreads >= kMaxSkipWords, "one keep word per consumer thread");
   int const lane = thread_idx % 32, warp = thread_idx / 32;
   uint32_t bits = 0u;
   if (thread_idx < params.num_words) {
-    bits = keep_word_bits(staged_row == nullptr ? 0xffffffffu : staged_row[thread_idx], thread_idx,
-                          params.num_k_tiles);
+    bits = keep_word_bits(params.compute_bits == nullptr
+                              ? 0xffffffffu
+                              : uint32_t(__ldg(params.compute_bits + int64_t(tile) * params.num_words + thread_idx)),
+                          thread_idx, params.num_k_tiles);
   }
   int const count = __popc(bits);
   int inclusive = count;
@@ -75,11 +76,10 @@ CUTE_DEVICE int list_kept_tiles(Params const& params, uint32_t const* staged_row
 
 // The consumers' walk over a work tile's key tiles: the listed kept tiles (kernels with a skip state), or all.
 template <class Traits, class Params>
-CUTE_DEVICE auto consumer_tile_iterator(Params const& params, typename Traits::SharedStorage& shared,
+CUTE_DEVICE auto consumer_tile_iterator(Params const& params, typename Traits::SharedStorage& shared, int tile,
                                         int thread_idx) {
   if constexpr (Traits::kSkipState) {
-    uint32_t const* row = params.compute_bits == nullptr ? nullptr : shared.keep_words_producer;
-    int const kept = list_kept_tiles<Traits::kNumMmaThreads>(params, row, shared.kept_list, shared.kept_warp_counts,
+    int const kept = list_kept_tiles<Traits::kNumMmaThreads>(params, tile, shared.kept_list, shared.kept_warp_counts,
                                                               thread_idx);
     return KeptTileList(shared.kept_list, kept, params.reverse);
   } else {
@@ -126,36 +126,22 @@ CUTE_DEVICE uint32_t trace_clock() {
 }
 
 // `key_loop(work, tile, tiles, thread_idx, tOrO, softmax, skip, state, q_round)` runs the consumers' key loop of
-// one work tile with at least one kept key tile and releases the tile's Q (barrier_q_empty) once done with it.
-//
-// The producer thread decides the CTA's work tiles (WorkTileScheduler) and hands each to the consumers through
-// shared memory: round r stages the tile's keep row, writes work_tile and completes phase r of barrier_tile; the
-// consumers read both and, once done with the tile's Q (or at once when the tile loads nothing), complete phase r
-// of barrier_q_empty, which the producer waits for before round r + 1 overwrites the row, work_tile and Q. The
-// round past the CTA's last tile hands out an invalid tile: every role stops.
+// one work tile with at least one kept key tile.
 template <class Traits, class Params, class KeyLoop>
 CUTE_DEVICE void run_work_tiles(Params const& params, typename Traits::SharedStorage& shared,
                                 typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
                                 KeyLoop&& key_loop) {
-  WorkTileScheduler const scheduler{params.num_work_tiles, params.num_q_tiles, params.num_heads, params.tile_counter};
+  WorkTileScheduler const scheduler{params.num_work_tiles, params.num_q_tiles, params.num_heads};
   if (cutlass::canonical_warp_group_idx() == 0) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
     if (threadIdx.x != 0) return;
     auto state = cutlass::make_producer_start_state<typename Traits::Pipeline>();
-    int tile = scheduler.first();
-    for (int round = 0;; ++round) {
-      if (round > 0) shared.barrier_q_empty.wait((round - 1) & 1);
-      bool const valid = scheduler.valid(tile);
-      uint32_t const* row =
-          Traits::kSkipState && valid ? stage_keep_row(params, tile, shared.keep_words_producer) : nullptr;
-      shared.work_tile = tile;
-      shared.barrier_tile.arrive();
-      if (!valid) break;
-      int const next = scheduler.next(tile);  // taken now: its latency hides under this tile's loads
+    int q_round = 0;
+    for (int tile = scheduler.first(); scheduler.valid(tile); tile = scheduler.next(tile)) {
+      uint32_t const* row = Traits::kSkipState ? stage_keep_row(params, tile, shared.keep_words_producer) : nullptr;
       auto tiles = producer_tile_iterator<Traits>(params, row);
-      producer_load<Traits>(params, shared, scheduler.decode(tile), pipeline_k, pipeline_v, tiles, tiles.count(),
-                            state);
-      tile = next;
+      q_round += producer_load<Traits>(params, shared, scheduler.decode(tile), pipeline_k, pipeline_v, tiles,
+                                       tiles.count(), state, q_round);
     }
     return;
   }
@@ -164,13 +150,10 @@ CUTE_DEVICE void run_work_tiles(Params const& params, typename Traits::SharedSto
   uint32_t const t_start = trace_clock();
   int const thread_idx = threadIdx.x - 128;
   typename Traits::PipelineState state;  // consumer side starts at phase 0
-  int q_round = 0;                       // tiles whose Q was loaded before this one
-  for (int round = 0;; ++round) {
-    shared.barrier_tile.wait(round & 1);
-    int const tile = *reinterpret_cast<int volatile*>(&shared.work_tile);
-    if (!scheduler.valid(tile)) break;
+  int q_round = 0;
+  for (int tile = scheduler.first(); scheduler.valid(tile); tile = scheduler.next(tile)) {
     WorkTile const work = scheduler.decode(tile);
-    auto tiles = consumer_tile_iterator<Traits>(params, shared, thread_idx);
+    auto tiles = consumer_tile_iterator<Traits>(params, shared, tile, thread_idx);
     int const num_kept = tiles.count();
 
     typename Traits::TiledMmaPV mma_pv;
@@ -183,8 +166,6 @@ CUTE_DEVICE void run_work_tiles(Params const& params, typename Traits::SharedSto
     if (num_kept > 0) {
       key_loop(work, tile, tiles, thread_idx, tOrO, softmax, skip, state, q_round);
       ++q_round;
-    } else {
-      shared.barrier_q_empty.arrive();  // no Q was loaded: the producer may go on at once
     }
     uint32_t const t_loop_end = trace_clock();
     // The call's sparsity, counted here (one atomic per work tile) rather than by popcounting the keep bits
@@ -211,8 +192,7 @@ CUTE_DEVICE void run_work_tiles(Params const& params, typename Traits::SharedSto
   }
 }
 
-// Barrier set-up of both kernels: Q-landed (one producer arrival + Q's bytes), Q-released (every consumer thread),
-// work tile handed out (one producer arrival).
+// Barrier set-up of both kernels: Q-landed (one producer arrival + Q's bytes), Q-released (every consumer thread).
 template <class Traits, class Params>
 CUTE_DEVICE void init_q_barriers(Params const& params, typename Traits::SharedStorage& shared) {
   if (cutlass::canonical_warp_idx_sync() == 0 && cute::elect_one_sync()) {
@@ -221,7 +201,6 @@ CUTE_DEVICE void init_q_barriers(Params const& params, typename Traits::SharedSt
     cute::prefetch_tma_descriptor(params.tma_v.get_tma_descriptor());
     shared.barrier_q.init(1);
     shared.barrier_q_empty.init(Traits::kNumMmaThreads);
-    shared.barrier_tile.init(1);
   }
 }
 
