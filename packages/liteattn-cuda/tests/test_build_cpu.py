@@ -101,36 +101,88 @@ def test_generated_sources():
     assert "run_fwd_int8_hdim<" not in disp256.split("fwd_int8_sm90(")[1]  # no int8 instantiation at 256
 
 
-@pytest.mark.skipif(subprocess.run(["which", "c++"], capture_output=True).returncode != 0, reason="needs c++")
-def test_stable_abi_op_registers_and_checks(tmp_path):
-    """ops.cpp against the installed torch with a stub kernel: the schema loads and rejects CPU tensors."""
-    stub = tmp_path / "stub.cpp"
-    stub.write_text('#include "liteattn/api.h"\nnamespace liteattn {\n'
-                    "int fwd_sm90(FwdArgs const&, void*) { return -1; }\n"
-                    "int const* supported_head_dims() { static int d[] = {0}; return d; }\n"
-                    "int fwd_int8_sm90(FwdArgs const&, Int8Scales const&, void*) { return -1; }\n"
-                    "int const* supported_int8_head_dims() { static int d[] = {0}; return d; }\n"
-                    "int quantize_qk_sm90(QuantArgs const&, void*) { return -1; }\n}\n")
+STUB_KERNELS = ('#include "liteattn/api.h"\nnamespace liteattn {\n'
+                "int fwd_sm90(FwdArgs const&, void*) { return -1; }\n"
+                "int const* supported_head_dims() { static int d[] = {0}; return d; }\n"
+                "int fwd_int8_sm90(FwdArgs const&, Int8Scales const&, void*) { return -1; }\n"
+                "int const* supported_int8_head_dims() { static int d[] = {0}; return d; }\n"
+                "int quantize_qk_sm90(QuantArgs const&, void*) { return -1; }\n}\n")
+
+
+@pytest.fixture(scope="module")
+def stub_library(tmp_path_factory) -> Path:
+    """ops.cpp built against the installed torch with stub kernels: the op library without any GPU code."""
+    if subprocess.run(["which", "c++"], capture_output=True).returncode != 0:
+        pytest.skip("needs c++")
+    tmp = tmp_path_factory.mktemp("stub")
+    stub = tmp / "stub.cpp"
+    stub.write_text(STUB_KERNELS)
     torch_dir = Path(torch.__file__).parent
-    lib = tmp_path / "_stub_ops.so"
+    lib = tmp / "_stub_ops.so"
     cmd = ["c++", *build_kernels.CXX_FLAGS, "-shared", f"-I{ROOT / 'include'}", f"-I{torch_dir / 'include'}",
            str(ROOT / "csrc" / "ops.cpp"), str(stub), "-o", str(lib), f"-L{torch_dir / 'lib'}",
            "-ltorch", "-ltorch_cpu", "-lc10"]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
-    if not hasattr(torch.ops.liteattn_cuda, "fwd"):
-        torch.ops.load_library(str(lib))
-    q = torch.randn(1, 16, 2, 64, dtype=torch.bfloat16)
+    return lib
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter: a library loaded there registers its ops in that process only, so the
+    tests that run after this file (the GPU tests, which load the real library) find the namespace free."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **env})
+
+
+def test_stable_abi_op_registers_and_checks(stub_library):
+    """The stub library's schemas load and bind, and CPU tensors are refused."""
+    code = f"""
+import re, torch
+torch.ops.load_library({str(stub_library)!r})
+q = torch.randn(1, 16, 2, 64, dtype=torch.bfloat16)
+q8 = torch.zeros(q.shape, dtype=torch.int8)
+scales = torch.ones(1, 2, 1)
+calls = {{
+    "fwd": lambda: torch.ops.liteattn_cuda.fwd(q, q, q, q.clone(), torch.empty(1, 2, 16), None, None, None, None,
+                                               None, 0.125, 128, 128, False, 0),
+    "quantize_qk": lambda: torch.ops.liteattn_cuda.quantize_qk(q, q, q8, q8.clone(), scales, scales.clone(),
+                                                               torch.empty(1, 2, 1, 64), 128, 128, 0),
+    "fwd_int8": lambda: torch.ops.liteattn_cuda.fwd_int8(q8, q8, q, q.clone(), torch.empty(1, 2, 16), scales, scales,
+                                                         None, None, None, None, None, 0.125, 128, 128, False, 0),
+}}
+for name, call in calls.items():
     # The schemas bind (a wrong argument count would fail differently); CPU tensors are then refused.
-    refused = r"must be a CUDA tensor|'CPU' backend"
-    with pytest.raises((RuntimeError, NotImplementedError), match=refused):
-        torch.ops.liteattn_cuda.fwd(q, q, q, q.clone(), torch.empty(1, 2, 16), None, None, None, None, None, 0.125,
-                                    128, 128, False, 0)
-    q8 = torch.zeros(q.shape, dtype=torch.int8)
-    scales = torch.ones(1, 2, 1)
-    with pytest.raises((RuntimeError, NotImplementedError), match=refused):
-        torch.ops.liteattn_cuda.quantize_qk(q, q, q8, q8.clone(), scales, scales.clone(), torch.empty(1, 2, 1, 64),
-                                            128, 128, 0)
-    with pytest.raises((RuntimeError, NotImplementedError), match=refused):
-        torch.ops.liteattn_cuda.fwd_int8(q8, q8, q, q.clone(), torch.empty(1, 2, 16), scales, scales, None, None,
-                                         None, None, None, 0.125, 128, 128, False, 0)
+    try:
+        call()
+    except (RuntimeError, NotImplementedError) as exc:
+        assert re.search(r"must be a CUDA tensor|'CPU' backend", str(exc)), (name, str(exc))
+    else:
+        raise AssertionError(name + " accepted CPU tensors")
+print("refused", *calls)
+"""
+    res = run_python(code)
+    assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+    assert "refused fwd quantize_qk fwd_int8" in res.stdout
+
+
+def test_a_second_copy_of_the_library_is_refused_not_loaded(stub_library, tmp_path):
+    """With the ops already registered by one copy, load() reports another copy instead of loading it (which
+    would end the process), and the first copy can still be loaded again."""
+    second = tmp_path / "_liteattn_cuda_C.so"
+    second.write_bytes(stub_library.read_bytes())
+    code = f"""
+import torch
+from liteattn_cuda import _ops
+torch.ops.load_library({str(stub_library)!r})
+reason = _ops.load()
+assert reason is not None and "another library already registered its ops" in reason, reason
+assert {str(stub_library)!r} in reason, reason
+_ops._loaded = None
+import os
+os.environ["LITEATTN_CUDA_LIB"] = {str(stub_library)!r}
+assert _ops.load() is None  # the copy that registered the ops is ours to use
+print("ok")
+"""
+    res = run_python(code, LITEATTN_CUDA_LIB=str(second))
+    assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+    assert res.stdout.strip() == "ok"

@@ -18,6 +18,15 @@ def library_path() -> Path:
     return Path(env) if env else Path(__file__).with_name(LIB_NAME)
 
 
+def ops_registered_by_another_library(path: Path) -> bool:
+    """Whether liteattn_cuda's ops are already registered in this process, but not by ``path`` (another copy of this
+    extension): loading ``path`` as well would register the ops' namespace twice, which ends the process (in the
+    library's initialisation) instead of raising."""
+    if not hasattr(torch.ops.liteattn_cuda, "fwd"):
+        return False
+    return os.path.realpath(path) not in {os.path.realpath(p) for p in torch.ops.loaded_libraries}
+
+
 def load() -> str | None:
     """Load the library once; return why it could not be loaded, or None."""
     global _loaded, _load_error
@@ -26,6 +35,11 @@ def load() -> str | None:
         if not path.exists():
             _loaded, _load_error = False, (f"liteattn_cuda extension not built ({path.name} missing; install with "
                                            f"nvcc and LITEATTN_CUDA_BUILD unset)")
+        elif ops_registered_by_another_library(path):
+            loaded = ", ".join(sorted(torch.ops.loaded_libraries)) or "none through torch.ops.load_library"
+            _loaded, _load_error = False, (f"liteattn_cuda extension not loaded from {path}: another library already "
+                                           f"registered its ops in this process (loaded: {loaded}); load one copy "
+                                           f"only (check LITEATTN_CUDA_LIB)")
         else:
             try:
                 torch.ops.load_library(str(path))
