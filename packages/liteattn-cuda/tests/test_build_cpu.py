@@ -171,6 +171,7 @@ def test_a_second_copy_of_the_library_is_refused_not_loaded(stub_library, tmp_pa
     second = tmp_path / "_liteattn_cuda_C.so"
     second.write_bytes(stub_library.read_bytes())
     code = f"""
+import os
 import torch
 from liteattn_cuda import _ops
 torch.ops.load_library({str(stub_library)!r})
@@ -178,7 +179,6 @@ reason = _ops.load()
 assert reason is not None and "another library already registered its ops" in reason, reason
 assert {str(stub_library)!r} in reason, reason
 _ops._loaded = None
-import os
 os.environ["LITEATTN_CUDA_LIB"] = {str(stub_library)!r}
 assert _ops.load() is None  # the copy that registered the ops is ours to use
 print("ok")
