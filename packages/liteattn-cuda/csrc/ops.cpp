@@ -4,6 +4,7 @@
 #include <optional>
 
 #include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
 #include <torch/headeronly/core/ScalarType.h>
 #include <torch/headeronly/util/Exception.h>
@@ -147,8 +148,17 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, std::optional<Ten
   check_bshd(k, "k", B, 1, D);
   check_bshd(v, "v", B, 1, D);
   check_bshd(out, "out", B, 1, D);
-  liteattn::FwdArgs const args = make_fwd_args(q, k, v, out, lse, compute_bits, write_bits, thresholds, tile_gaps,
-                                               skipped_tiles, scale, block_m, block_n, reverse);
+  liteattn::FwdArgs args = make_fwd_args(q, k, v, out, lse, compute_bits, write_bits, thresholds, tile_gaps,
+                                         skipped_tiles, scale, block_m, block_n, reverse);
+  // Scratch for the pieces of a dense call's last wave, from torch's allocator on the current stream (the one the
+  // kernel runs on), so it is reused only once the kernel is done with it.
+  int64_t const split_floats = liteattn::fwd_sm90_split_workspace_floats(args);
+  std::optional<Tensor> split_workspace;
+  if (split_floats > 0) {
+    split_workspace = torch::stable::new_empty(lse, {split_floats}, ScalarType::Float);
+    args.split_workspace = static_cast<float*>(split_workspace->data_ptr());
+    args.split_workspace_floats = split_floats;
+  }
   check_launch(liteattn::fwd_sm90(args, reinterpret_cast<void*>(stream)), args);
 }
 

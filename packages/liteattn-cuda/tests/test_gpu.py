@@ -71,6 +71,57 @@ def test_parity(case):
     assert_lse_close(lse, gold_lse)
 
 
+# Dense calls whose last wave the kernel splits by keys (include/liteattn/tail_split.h): (B, Sq, Sk, H, Hkv, D,
+# dtype, reverse), with more work tiles than an H100 has SMs, the last partial wave small enough to split.
+TAIL_SPLIT_CASES = [
+    (1, 5120, 4096, 4, 2, 128, torch.bfloat16, False),
+    (1, 5000, 4001, 4, 4, 128, torch.float16, True),
+    (1, 7600, 4000, 4, 1, 64, torch.bfloat16, False),
+    (2, 3840, 3000, 2, 2, 64, torch.float16, True),
+]
+DENSE_TILES = {128: (128, 176), 64: (192, 128)}  # DenseGeometry in include/liteattn/kernel_traits.cuh
+
+
+def _tail_split_plan(num_tiles: int, num_k_tiles: int, num_sms: int) -> tuple[int, int]:
+    """(whole work tiles, pieces per later tile), as plan_tail_split in include/liteattn/tail_split.h decides."""
+    tail = num_tiles % num_sms
+    splits = min(num_sms // tail, num_k_tiles // 4, 16) if tail else 1
+    return (num_tiles - tail, splits) if splits >= 2 else (num_tiles, 1)
+
+
+@pytest.mark.parametrize("case", TAIL_SPLIT_CASES, ids=lambda c: "-".join(str(x) for x in c))
+def test_dense_tail_split_merges_to_the_unsplit_result(case, monkeypatch):
+    """The split tiles' rows match the reference and the unsplit kernel's within rounding; the other rows are the
+    unsplit kernel's bit for bit (the same code ran them)."""
+    B, Sq, Sk, H, Hkv, D, dtype, reverse = case
+    backend, q, k, v = _backend_and_inputs((B, Sq, Sk, H, Hkv, D, dtype, None, reverse), seed=4)
+    bm, bn = default_tile_shape(D)
+    call = AttentionCall(q, k, v, 1 / math.sqrt(D), torch.zeros(H, device="cuda"), bm, bn, None, None, reverse)
+    split_out, split_lse = backend.forward(call)
+    monkeypatch.setenv("LITEATTN_CUDA_TAIL_SPLIT", "0")
+    whole_out, whole_lse = backend.forward(call)
+
+    dense_m, dense_n = DENSE_TILES[D]
+    q_tiles = -(-Sq // dense_m)
+    sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+    num_whole, splits = _tail_split_plan(B * H * q_tiles, -(-Sk // dense_n), sms)
+    assert splits > 1, "the case must exercise a split on this GPU"
+    # Work tile t = (b * H + h) * QT + m; per (b, h) the rows of its split tiles.
+    tile_of_row = (torch.arange(B * H).view(B, H, 1) * q_tiles + torch.arange(Sq).view(1, 1, Sq) // dense_m).cuda()
+    split_rows = tile_of_row >= num_whole  # (B, H, Sq)
+    rows_bshd = split_rows.permute(0, 2, 1)  # (B, Sq, H)
+    assert torch.equal(split_out[~rows_bshd], whole_out[~rows_bshd])
+    assert torch.equal(split_lse[~split_rows], whole_lse[~split_rows])
+    assert not torch.equal(split_lse[split_rows], whole_lse[split_rows])  # the pieces ran: rounding differs
+    assert (split_lse - whole_lse).abs().max().item() <= 1e-5
+    assert rel_error(split_out, whole_out) <= 2e-3
+
+    gold_out, gold_lse = reference_forward(call, upcast=True)
+    low_out, _ = masked_attention(q, k, v, call.scale, None, upcast=False)
+    assert_parity("out", split_out, low_out, gold_out)
+    assert_lse_close(split_lse, gold_lse)
+
+
 def _skip_case(case, seed):
     """Inputs of a skip-test case and a random keep mask (seed + 1) whose first row computes nothing:
     ``(backend, q, k, v, keep (B, H, QT, KT) bool on the CPU, its packed bits on the GPU)``."""

@@ -1,4 +1,5 @@
-// Epilogue: normalise O by the row sums, write it (bounds-checked rows) and the natural-log LSE.
+// Epilogue: normalise O by the row sums, write it (bounds-checked rows) and the natural-log LSE; for a key-range
+// piece of a split tile (tail_split.h), its fp32 partial output and LSE for tail_combine.cuh.
 #pragma once
 
 #include "kernel_traits.cuh"
@@ -51,6 +52,33 @@ CUTE_DEVICE void epilogue_store(Params const& params, WorkTile const& work, int 
     CUTE_UNROLL
     for (int r = 0; r < 2; ++r)
       if (rows[r] < params.seqlen_q) lse_row[rows[r]] = lse[r];
+  }
+}
+
+// A piece of a split work tile: O normalised by this key range's row sums, in fp32, and the range's LSE, every row of
+// the tile (rows past Sq are never merged).
+template <class Traits, class Params, class TensorO>
+CUTE_DEVICE void epilogue_store_piece(Params const& params, WorkTile const& work, int thread_idx, TensorO& tOrO,
+                                      OnlineSoftmax& softmax) {
+  constexpr int kHeadDim = Traits::kHeadDim;
+  float inv_sum[2], lse[2];
+  softmax.finalize(params.scale, inv_sum, lse);
+  int const lane = thread_idx % 32;
+  int const row0 = (thread_idx / 128) * 64 + ((thread_idx % 128) / 32) * 16 + lane / 4;
+  float* out = params.split_o + int64_t(work.piece) * Traits::kBlockM * kHeadDim;
+  constexpr int N = decltype(size(tOrO))::value;
+  // Flat index i: column block i / 4 (8 columns), row half (i / 2) % 2, column 2 * (lane % 4) + i % 2.
+  CUTE_UNROLL
+  for (int i = 0; i < N; i += 2) {
+    int const r = (i / 2) % 2;
+    int const col = 8 * (i / 4) + 2 * (lane % 4);
+    *reinterpret_cast<float2*>(out + (row0 + 8 * r) * kHeadDim + col) =
+        make_float2(tOrO(i) * inv_sum[r], tOrO(i + 1) * inv_sum[r]);
+  }
+  if ((lane & 3) == 0) {
+    float* lse_rows = params.split_lse + int64_t(work.piece) * Traits::kBlockM;
+    lse_rows[row0] = lse[0];
+    lse_rows[row0 + 8] = lse[1];
   }
 }
 

@@ -28,6 +28,12 @@ struct KernelParams {
   int num_work_tiles;  // B * H * QT
   float scale, scale_log2;
   bool reverse;
+  // Dense calls: the last work tiles may run as key-range pieces (tail_split.h) into split_o (pieces, BM, D) and
+  // split_lse (pieces, BM); num_work_items counts tiles and pieces.
+  TailSplit split;
+  int num_work_items;
+  float* split_o;
+  float* split_lse;
 };
 
 template <class Traits>
@@ -51,8 +57,8 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   __syncthreads();  // barrier inits visible to every role
 
   run_work_tiles<Traits>(params, shared, pipeline_k, pipeline_v,
-                         [&](WorkTile const&, int, auto tiles, int thread_idx, auto& tOrO, auto& softmax,
-                             auto& skip, auto& state, int q_round) {
+                         [&](WorkTile const&, auto tiles, int thread_idx, auto& tOrO, auto& softmax, auto& skip,
+                             auto& state, int q_round) {
                            consumer_mainloop<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO,
                                                      softmax, skip, state, q_round);
                          });

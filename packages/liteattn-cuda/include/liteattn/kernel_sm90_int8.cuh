@@ -30,6 +30,10 @@ struct KernelParamsInt8 {
   int num_work_tiles;  // B * H * QT
   float scale, scale_log2;
   bool reverse;
+  TailSplit split;  // never split: INT8 calls keep a skip state's tiles
+  int num_work_items;
+  float* split_o;
+  float* split_lse;
 };
 
 template <class Traits>
@@ -55,9 +59,9 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   __syncthreads();
 
   run_work_tiles<Traits>(params, shared, pipeline_k, pipeline_v,
-                         [&](WorkTile const& work, int tile, auto tiles, int thread_idx, auto& tOrO,
-                             auto& softmax, auto& skip, auto& state, int q_round) {
-                           float const q_scale = __ldg(params.q_scale + tile);
+                         [&](WorkTile const& work, auto tiles, int thread_idx, auto& tOrO, auto& softmax,
+                             auto& skip, auto& state, int q_round) {
+                           float const q_scale = __ldg(params.q_scale + work.tile);
                            int const head_kv = work.head / params.head_ratio;
                            float const* k_scale_row =
                                params.k_scale +

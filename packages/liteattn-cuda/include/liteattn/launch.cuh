@@ -1,11 +1,34 @@
 // Host side of one instantiation: builds the TMA descriptors and launches the kernel.
 #pragma once
 
+#include <cstdlib>
+#include <cstring>
 #include <cuda_runtime.h>
 #include "api.h"
 #include "kernel_sm90.cuh"
+#include "tail_combine.cuh"
 
 namespace liteattn {
+
+// LITEATTN_CUDA_TAIL_SPLIT=0 turns the split of a dense call's last wave off (for comparisons).
+inline bool tail_split_enabled() {
+  char const* env = std::getenv("LITEATTN_CUDA_TAIL_SPLIT");
+  return env == nullptr || std::strcmp(env, "0") != 0;
+}
+
+// The split of a call's last wave into key ranges (tail_split.h): dense kernels only (a skip state's tiles and
+// skip test need a whole row of keys), and only when the caller gave a workspace large enough for it.
+template <class Traits>
+TailSplit tail_split_for(FwdArgs const& args, int num_work_tiles, int num_k_tiles) {
+  TailSplit const whole{num_work_tiles, 1};
+  if (Traits::kSkipState || LITEATTN_TRACE || args.split_workspace == nullptr) return whole;
+  int const sms = current_device_sms();
+  if (sms <= 0) return whole;
+  TailSplit const split = plan_tail_split(num_work_tiles, num_k_tiles, sms);
+  bool const fits = tail_split_workspace_floats(split, num_work_tiles, Traits::kBlockM, Traits::kHeadDim) <=
+                    args.split_workspace_floats;
+  return fits ? split : whole;
+}
 
 // Launches one kernel instantiation; the caller has checked that Traits fits the call.
 template <class Traits>
@@ -43,6 +66,10 @@ int launch_fwd(FwdArgs const& args, cudaStream_t stream) {
       args.scale,
       args.scale * 1.44269504088896340736f,  // log2(e)
       args.reverse,
+      TailSplit{0, 1},  // set below
+      0,
+      nullptr,
+      nullptr,
   };
 
   // Kernels with a skip state list the kept tiles of a row (all of them without compute_bits) and stage the
@@ -53,9 +80,21 @@ int launch_fwd(FwdArgs const& args, cudaStream_t stream) {
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return int(err);
   if (params.num_work_tiles == 0) return 0;
-  int const grid = work_grid_size(params.num_work_tiles);
+  params.split = tail_split_for<Traits>(args, params.num_work_tiles, params.num_k_tiles);
+  params.num_work_items = params.split.num_work_items(params.num_work_tiles);
+  int const pieces = params.split.num_pieces(params.num_work_tiles);
+  params.split_o = args.split_workspace;
+  params.split_lse = args.split_workspace + int64_t(pieces) * Traits::kBlockM * Traits::kHeadDim;
+  int const grid = work_grid_size(params.num_work_items);
   if (grid < 0) return -grid;
   kernel<<<grid, Traits::kNumThreads, smem, stream>>>(params);
+  if (pieces == 0) return int(cudaGetLastError());
+  TailCombineParams const combine{params.split_o,       params.split_lse,          params.out,
+                                  params.out_stride_b,  params.out_stride_s,       params.out_stride_h,
+                                  params.lse,           params.seqlen_q,           params.num_heads,
+                                  params.num_q_tiles,   params.split.num_whole,    params.split.num_splits};
+  tail_combine_kernel<typename Traits::Element, Traits::kBlockM, Traits::kHeadDim>
+      <<<params.num_work_tiles - params.split.num_whole, 256, 0, stream>>>(combine);
   return int(cudaGetLastError());
 }
 
@@ -63,6 +102,23 @@ int launch_fwd(FwdArgs const& args, cudaStream_t stream) {
 // width: it runs the dense geometry, whose wider tiles cut the per-tile fixed cost of the key loop.
 inline bool is_dense_call(FwdArgs const& args) {
   return args.compute_bits == nullptr && args.write_bits == nullptr && args.tile_gaps == nullptr;
+}
+
+// fp32 floats of the workspace a call's tail split needs (0: the call runs without one).
+template <class Element, int kHeadDim>
+int64_t split_workspace_floats_hdim(FwdArgs const& args) {
+  using Geometry = DefaultGeometry<kHeadDim>;
+  using Dense = DenseGeometry<kHeadDim>;
+  if constexpr (Dense::kBlockN != Geometry::kBlockN || Dense::kBlockM != Geometry::kBlockM) {
+    if (!is_dense_call(args) || !tail_split_enabled() || LITEATTN_TRACE) return 0;
+    int const sms = current_device_sms();
+    if (sms <= 0) return 0;
+    int const tiles = args.batch * args.num_heads * ((args.seqlen_q + Dense::kBlockM - 1) / Dense::kBlockM);
+    int const k_tiles = (args.seqlen_k + Dense::kBlockN - 1) / Dense::kBlockN;
+    return tail_split_workspace_floats(plan_tail_split(tiles, k_tiles, sms), tiles, Dense::kBlockM, kHeadDim);
+  } else {
+    return 0;  // dense calls at this head dim run the skip-state kernel, whose work tiles are never split
+  }
 }
 
 template <class Element, int kHeadDim>

@@ -48,6 +48,10 @@ int run_fwd_int8_hdim(FwdArgs const& args, Int8Scales const& scales, cudaStream_
       args.scale,
       args.scale * 1.44269504088896340736f,  // log2(e)
       args.reverse,
+      TailSplit{0, 1},  // set below
+      0,
+      nullptr,
+      nullptr,
   };
 
   // The consumers list the kept tiles of a row (all of them without compute_bits) and stage the skip-test row in
@@ -58,7 +62,9 @@ int run_fwd_int8_hdim(FwdArgs const& args, Int8Scales const& scales, cudaStream_
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return int(err);
   if (params.num_work_tiles == 0) return 0;
-  int const grid = work_grid_size(params.num_work_tiles);
+  params.split = TailSplit{params.num_work_tiles, 1};  // INT8 calls run the skip-state geometry: never split
+  params.num_work_items = params.num_work_tiles;
+  int const grid = work_grid_size(params.num_work_items);
   if (grid < 0) return -grid;
   kernel<<<grid, Traits::kNumThreads, smem, stream>>>(params);
   return int(cudaGetLastError());

@@ -4,33 +4,49 @@
 #include <cstdint>
 #include <cuda_runtime.h>
 #include <cute/config.hpp>
+#include "tail_split.h"
 
 namespace liteattn {
 
 struct WorkTile {
+  int tile;  // (b * H + h) * QT + m: the row of the keep bitmask
   int m_block;
   int head;
   int batch;
+  int k_begin, k_end;  // key tiles [k_begin, k_end) of the tile: all of them, or one piece's range
+  int piece;           // -1: the whole tile; else the piece's index in the tail split's workspace
 };
 
-// A CTA walks the work tiles blockIdx.x, blockIdx.x + gridDim.x, ... A work tile is one (query tile, head,
-// batch), numbered like the rows of the keep bitmask ((b * H + h) * QT + m), query tile fastest, so that the CTAs
-// running at any moment share a few K/V heads and hit L2. The default grid has one CTA per work tile, which the
+// A CTA walks the work items blockIdx.x, blockIdx.x + gridDim.x, ... Work item i < num_whole is work tile i, numbered
+// like the rows of the keep bitmask ((b * H + h) * QT + m), query tile fastest, so that the CTAs running at any
+// moment share a few K/V heads and hit L2; the items after it are the key-range pieces of the last work tiles
+// (TailSplit, dense calls only), num_splits per tile. The default grid has one CTA per work item, which the
 // hardware hands to SMs as they free up: rows with few kept tiles never hold an SM while others wait. With
 // LITEATTN_PERSISTENT=1 the grid is one CTA per SM, each carrying its K/V ring and Q barriers across its tiles
 // (the producer loads the next Q and K/V during the epilogue); the static assignment then costs 5-10% to
 // imbalance between SMs on skewed keep masks (bench/NOTES-cuda.md, v8).
 struct WorkTileScheduler {
-  int num_tiles;  // B * H * QT
+  int num_items;   // num_whole + (num_tiles - num_whole) * num_splits
+  int num_whole;
+  int num_splits;
   int num_q_tiles;
   int num_heads;
+  int num_k_tiles;
 
   CUTE_DEVICE int first() const { return int(blockIdx.x); }
-  CUTE_DEVICE int next(int tile) const { return tile + int(gridDim.x); }
-  CUTE_DEVICE bool valid(int tile) const { return tile < num_tiles; }
-  CUTE_DEVICE WorkTile decode(int tile) const {
+  CUTE_DEVICE int next(int item) const { return item + int(gridDim.x); }
+  CUTE_DEVICE bool valid(int item) const { return item < num_items; }
+  CUTE_DEVICE WorkTile decode(int item) const {
+    int tile = item, piece = -1, k_begin = 0, k_end = num_k_tiles;
+    if (item >= num_whole) {
+      piece = item - num_whole;
+      int const split = piece % num_splits;
+      tile = num_whole + piece / num_splits;
+      k_begin = split * num_k_tiles / num_splits;
+      k_end = (split + 1) * num_k_tiles / num_splits;
+    }
     int const rest = tile / num_q_tiles;
-    return {tile - rest * num_q_tiles, rest % num_heads, rest / num_heads};
+    return {tile, tile - rest * num_q_tiles, rest % num_heads, rest / num_heads, k_begin, k_end, piece};
   }
 };
 
@@ -38,15 +54,21 @@ struct WorkTileScheduler {
 #define LITEATTN_PERSISTENT 0
 #endif
 
-// One CTA per work tile, or (persistent) one resident CTA per SM (a CTA takes most of an SM's shared memory),
-// never more CTAs than work tiles. Returns the grid size, or minus a cudaError_t value.
-inline int work_grid_size(int num_work_tiles) {
-  if (!LITEATTN_PERSISTENT) return num_work_tiles;
+// The SMs of the current device, or minus a cudaError_t value.
+inline int current_device_sms() {
   int device = 0, sms = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  if (err != cudaSuccess) return -int(err);
-  return sms < num_work_tiles ? sms : num_work_tiles;
+  return err == cudaSuccess ? sms : -int(err);
+}
+
+// One CTA per work item, or (persistent) one resident CTA per SM (a CTA takes most of an SM's shared memory),
+// never more CTAs than work items. Returns the grid size, or minus a cudaError_t value.
+inline int work_grid_size(int num_work_items) {
+  if (!LITEATTN_PERSISTENT) return num_work_items;
+  int const sms = current_device_sms();
+  if (sms < 0) return sms;
+  return sms < num_work_items ? sms : num_work_items;
 }
 
 // Word w of a keep row with the bits past the row's last key tile (num_tiles) cleared.
@@ -123,18 +145,18 @@ struct KeptTileList {
   }
 };
 
-// Every key tile in order, for kernels without a skip state: the same interface as KeptTileList (next() compiles
-// to selects, no branch).
+// Every key tile of [begin, end) in order, for kernels without a skip state: the same interface as KeptTileList
+// (next() compiles to selects, no branch).
 struct DenseTileIterator {
-  int num_tiles;
+  int begin, end;
   bool reverse;
   int n;
 
-  CUTE_DEVICE DenseTileIterator(int num_tiles_, bool reverse_)
-      : num_tiles(num_tiles_), reverse(reverse_), n(reverse_ ? num_tiles_ - 1 : 0) {}
-  CUTE_DEVICE int count() const { return num_tiles; }
+  CUTE_DEVICE DenseTileIterator(int begin_, int end_, bool reverse_)
+      : begin(begin_), end(end_), reverse(reverse_), n(reverse_ ? end_ - 1 : begin_) {}
+  CUTE_DEVICE int count() const { return end - begin; }
   CUTE_DEVICE int next() {
-    if (n < 0 || n >= num_tiles) return -1;
+    if (n < begin || n >= end) return -1;
     int const tile = n;
     n += reverse ? -1 : 1;
     return tile;

@@ -25,11 +25,11 @@ CUTE_DEVICE uint32_t const* stage_keep_row(Params const& params, int tile, uint3
 // The producer's walk over a work tile's key tiles: those of its staged keep row (kernels with a skip state;
 // nullptr = all), or all.
 template <class Traits, class Params>
-CUTE_DEVICE auto producer_tile_iterator(Params const& params, uint32_t const* staged_row) {
+CUTE_DEVICE auto producer_tile_iterator(Params const& params, WorkTile const& work, uint32_t const* staged_row) {
   if constexpr (Traits::kSkipState) {
     return KeptTileIterator(staged_row, params.num_k_tiles, params.reverse);
   } else {
-    return DenseTileIterator(params.num_k_tiles, params.reverse);
+    return DenseTileIterator(work.k_begin, work.k_end, params.reverse);
   }
 }
 
@@ -74,23 +74,24 @@ CUTE_DEVICE int list_kept_tiles(Params const& params, int tile, int16_t* list, i
   return total;
 }
 
-// The consumers' walk over a work tile's key tiles: the listed kept tiles (kernels with a skip state), or all.
+// The consumers' walk over a work item's key tiles: the listed kept tiles (kernels with a skip state), or all of
+// the item's range.
 template <class Traits, class Params>
-CUTE_DEVICE auto consumer_tile_iterator(Params const& params, typename Traits::SharedStorage& shared, int tile,
-                                        int thread_idx) {
+CUTE_DEVICE auto consumer_tile_iterator(Params const& params, typename Traits::SharedStorage& shared,
+                                        WorkTile const& work, int thread_idx) {
   if constexpr (Traits::kSkipState) {
-    int const kept = list_kept_tiles<Traits::kNumMmaThreads>(params, tile, shared.kept_list, shared.kept_warp_counts,
-                                                              thread_idx);
+    int const kept = list_kept_tiles<Traits::kNumMmaThreads>(params, work.tile, shared.kept_list,
+                                                              shared.kept_warp_counts, thread_idx);
     return KeptTileList(shared.kept_list, kept, params.reverse);
   } else {
-    return DenseTileIterator(params.num_k_tiles, params.reverse);
+    return DenseTileIterator(work.k_begin, work.k_end, params.reverse);
   }
 }
 
 // The skip test of one work tile (a no-op in kernels without a skip state).
 template <class Traits, class Params>
 CUTE_DEVICE auto skip_test_writer(Params const& params, typename Traits::SharedStorage& shared, WorkTile const& work,
-                                  int tile, int thread_idx) {
+                                  int thread_idx) {
   if constexpr (Traits::kSkipState) {
     // A row votes only if it is a real query row (rows of this thread as in the epilogue).
     using Writer = SkipTestWriter<Traits::kNumMmaThreads>;
@@ -100,11 +101,11 @@ CUTE_DEVICE auto skip_test_writer(Params const& params, typename Traits::SharedS
     float const threshold = params.write_bits == nullptr ? 0.f : __ldg(params.thresholds + work.head);
     return Writer{
         shared.skip_words,
-        params.write_bits == nullptr ? nullptr : params.write_bits + int64_t(tile) * params.num_words,
+        params.write_bits == nullptr ? nullptr : params.write_bits + int64_t(work.tile) * params.num_words,
         params.num_words,
         {Writer::row_threshold_of(threshold, valid[0]), Writer::row_threshold_of(threshold, valid[1])},
         {valid[0], valid[1]},
-        params.tile_gaps == nullptr ? nullptr : params.tile_gaps + int64_t(tile) * params.num_k_tiles};
+        params.tile_gaps == nullptr ? nullptr : params.tile_gaps + int64_t(work.tile) * params.num_k_tiles};
   } else {
     return NoSkipTest{};
   }
@@ -125,23 +126,26 @@ CUTE_DEVICE uint32_t trace_clock() {
 #endif
 }
 
-// `key_loop(work, tile, tiles, thread_idx, tOrO, softmax, skip, state, q_round)` runs the consumers' key loop of
-// one work tile with at least one kept key tile.
+// `key_loop(work, tiles, thread_idx, tOrO, softmax, skip, state, q_round)` runs the consumers' key loop of one
+// work item with at least one kept key tile.
 template <class Traits, class Params, class KeyLoop>
 CUTE_DEVICE void run_work_tiles(Params const& params, typename Traits::SharedStorage& shared,
                                 typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
                                 KeyLoop&& key_loop) {
-  WorkTileScheduler const scheduler{params.num_work_tiles, params.num_q_tiles, params.num_heads};
+  WorkTileScheduler const scheduler{params.num_work_items, params.split.num_whole, params.split.num_splits,
+                                    params.num_q_tiles,    params.num_heads,          params.num_k_tiles};
   if (cutlass::canonical_warp_group_idx() == 0) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
     if (threadIdx.x != 0) return;
     auto state = cutlass::make_producer_start_state<typename Traits::Pipeline>();
     int q_round = 0;
-    for (int tile = scheduler.first(); scheduler.valid(tile); tile = scheduler.next(tile)) {
-      uint32_t const* row = Traits::kSkipState ? stage_keep_row(params, tile, shared.keep_words_producer) : nullptr;
-      auto tiles = producer_tile_iterator<Traits>(params, row);
-      q_round += producer_load<Traits>(params, shared, scheduler.decode(tile), pipeline_k, pipeline_v, tiles,
-                                       tiles.count(), state, q_round);
+    for (int item = scheduler.first(); scheduler.valid(item); item = scheduler.next(item)) {
+      WorkTile const work = scheduler.decode(item);
+      uint32_t const* row =
+          Traits::kSkipState ? stage_keep_row(params, work.tile, shared.keep_words_producer) : nullptr;
+      auto tiles = producer_tile_iterator<Traits>(params, work, row);
+      q_round += producer_load<Traits>(params, shared, work, pipeline_k, pipeline_v, tiles, tiles.count(), state,
+                                       q_round);
     }
     return;
   }
@@ -151,30 +155,34 @@ CUTE_DEVICE void run_work_tiles(Params const& params, typename Traits::SharedSto
   int const thread_idx = threadIdx.x - 128;
   typename Traits::PipelineState state;  // consumer side starts at phase 0
   int q_round = 0;
-  for (int tile = scheduler.first(); scheduler.valid(tile); tile = scheduler.next(tile)) {
-    WorkTile const work = scheduler.decode(tile);
-    auto tiles = consumer_tile_iterator<Traits>(params, shared, tile, thread_idx);
+  for (int item = scheduler.first(); scheduler.valid(item); item = scheduler.next(item)) {
+    WorkTile const work = scheduler.decode(item);
+    auto tiles = consumer_tile_iterator<Traits>(params, shared, work, thread_idx);
     int const num_kept = tiles.count();
 
     typename Traits::TiledMmaPV mma_pv;
     Tensor tOrO = partition_fragment_C(mma_pv, select<0, 1>(typename Traits::TileShapePV{}));  // (MMA, MMA_M, MMA_N)
     clear(tOrO);
     OnlineSoftmax softmax(params.scale_log2);
-    auto skip = skip_test_writer<Traits>(params, shared, work, tile, thread_idx);
+    auto skip = skip_test_writer<Traits>(params, shared, work, thread_idx);
     skip.begin(thread_idx);
     uint32_t const t_loop = trace_clock();
     if (num_kept > 0) {
-      key_loop(work, tile, tiles, thread_idx, tOrO, softmax, skip, state, q_round);
+      key_loop(work, tiles, thread_idx, tOrO, softmax, skip, state, q_round);
       ++q_round;
     }
     uint32_t const t_loop_end = trace_clock();
     // The call's sparsity, counted here (one atomic per work tile) rather than by popcounting the keep bits
     // afterwards: ~20 us of small kernels per call on an H100.
     if (params.skipped_tiles != nullptr && thread_idx == 0) {
-      atomicAdd(params.skipped_tiles, static_cast<unsigned long long>(params.num_k_tiles - num_kept));
+      atomicAdd(params.skipped_tiles, static_cast<unsigned long long>(work.k_end - work.k_begin - num_kept));
     }
     skip.end(thread_idx);
-    epilogue_store<Traits>(params, work, thread_idx, tOrO, softmax);
+    if (work.piece < 0) {
+      epilogue_store<Traits>(params, work, thread_idx, tOrO, softmax);
+    } else {
+      epilogue_store_piece<Traits>(params, work, thread_idx, tOrO, softmax);
+    }
 #if LITEATTN_TRACE
     // Development builds only: the work tile's timeline replaces the LSE of its first rows (bench/trace_tiles.py).
     consumer_sync<Traits::kNumMmaThreads>();
