@@ -77,7 +77,7 @@ TAIL_SPLIT_CASES = [
     (1, 5120, 4096, 4, 2, 128, torch.bfloat16, False),
     (1, 5000, 4001, 4, 4, 128, torch.float16, True),
     (1, 7600, 4000, 4, 1, 64, torch.bfloat16, False),
-    (2, 3840, 3000, 2, 2, 64, torch.float16, True),
+    (2, 3840, 3000, 4, 2, 64, torch.float16, True),
 ]
 DENSE_TILES = {128: (128, 176), 64: (192, 128)}  # DenseGeometry in include/liteattn/kernel_traits.cuh
 
