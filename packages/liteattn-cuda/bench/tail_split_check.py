@@ -15,8 +15,8 @@ import os
 import statistics
 
 import torch
-
 from gpu_check import bench_ms
+
 from liteattn.tiles import default_tile_shape
 from liteattn_cuda import fwd
 
