@@ -1,9 +1,7 @@
-"""Calls with and without the split of their last wave by keys (include/liteattn/tail_split.h), beside FA3, in one
-process on the same inputs; the variants alternate so that clock drift hits both. Sparsity 0 is a dense call;
-s > 0 reads a random keep bitmask keeping a fraction 1 - s of the tiles (no skip test).
+"""Dense calls with and without the split of their last wave (include/liteattn/tail_split.h), beside FA3, in one
+process on the same inputs; the variants alternate so that clock drift hits both.
 
     python packages/liteattn-cuda/bench/tail_split_check.py --out DIR [--rounds 3] [--shapes H,S,D ...]
-        [--sparsities 0,0.5,0.9]
 
 Writes DIR/tail-split-check.json and prints a table last. Needs an sm_90 GPU and the built library.
 """
@@ -19,8 +17,6 @@ import statistics
 import torch
 from gpu_check import bench_ms
 
-from liteattn.skip_state import pack_keep_mask
-from liteattn.testing import random_keep_mask
 from liteattn.tiles import default_tile_shape
 from liteattn_cuda import fwd
 
@@ -34,9 +30,7 @@ def main() -> None:
     ap.add_argument("--out", default=".")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--shapes", nargs="*", default=["12,32760,128", "24,32768,128", "40,75600,128", "24,32768,64"])
-    ap.add_argument("--sparsities", default="0")
     args = ap.parse_args()
-    sparsities = [float(x) for x in args.sparsities.split(",")]
     try:
         import fa3_fwd_interface
     except Exception as exc:  # baseline missing: time ours alone
@@ -50,22 +44,18 @@ def main() -> None:
         out = torch.empty_like(q)
         lse = torch.empty(1, H, S, device="cuda")
         est = 4.0 * H * S * S * D / 600e12 * 1e3
-        for sparsity in sparsities:
-            bits = None
-            if sparsity > 0:
-                bits = pack_keep_mask(random_keep_mask(1, H, -(-S // bm), -(-S // bn), sparsity, seed=7)).cuda()
-            times: dict[str, list[float]] = {"split": [], "whole": [], "fa3": []}
-            for _ in range(args.rounds):
-                for name in ("split", "whole"):
-                    set_split(name == "split")
-                    times[name].append(bench_ms(
-                        lambda: fwd(q, k, v, out, lse, bits, 1 / math.sqrt(D), bm, bn, False), est * (1 - sparsity))[0])
-                if fa3_fwd_interface is not None and sparsity == 0:
-                    times["fa3"].append(bench_ms(lambda: fa3_fwd_interface.flash_attn_func(q, k, v), est)[0])
-            set_split(True)
-            row = {"shape": [1, H, S, D], "sparsity": sparsity, **{k: t for k, t in times.items() if t}}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+        times: dict[str, list[float]] = {"split": [], "whole": [], "fa3": []}
+        for _ in range(args.rounds):
+            for name in ("split", "whole"):
+                set_split(name == "split")
+                times[name].append(bench_ms(lambda: fwd(q, k, v, out, lse, None, 1 / math.sqrt(D), bm, bn, False),
+                                            est)[0])
+            if fa3_fwd_interface is not None:
+                times["fa3"].append(bench_ms(lambda: fa3_fwd_interface.flash_attn_func(q, k, v), est)[0])
+        set_split(True)
+        row = {"shape": [1, H, S, D], **{k: t for k, t in times.items() if t}}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
         del q, k, v, out, lse
         torch.cuda.empty_cache()
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
@@ -74,7 +64,7 @@ def main() -> None:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
     for row in rows:
         med = {k: statistics.median(row[k]) for k in ("split", "whole", "fa3") if k in row}
-        line = (f"{row['shape']} s={row['sparsity']}: split {med['split']:.3f} ms, whole {med['whole']:.3f} ms "
+        line = (f"{row['shape']}: split {med['split']:.3f} ms, whole {med['whole']:.3f} ms "
                 f"(split / whole {med['split'] / med['whole']:.3f})")
         if "fa3" in med:
             line += (f", fa3 {med['fa3']:.3f} ms: vs FA3 split {med['fa3'] / med['split']:.3f}x, "

@@ -150,7 +150,7 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, std::optional<Ten
   check_bshd(out, "out", B, 1, D);
   liteattn::FwdArgs args = make_fwd_args(q, k, v, out, lse, compute_bits, write_bits, thresholds, tile_gaps,
                                          skipped_tiles, scale, block_m, block_n, reverse);
-  // Scratch for the key-range pieces of a call's last wave, from torch's allocator on the current stream (the one the
+  // Scratch for the pieces of a dense call's last wave, from torch's allocator on the current stream (the one the
   // kernel runs on), so it is reused only once the kernel is done with it.
   int64_t const split_floats = liteattn::fwd_sm90_split_workspace_floats(args);
   std::optional<Tensor> split_workspace;

@@ -36,7 +36,7 @@ struct FwdArgs {
 // compute_bits / write_bits rows are longer than the kernel's shared-memory rows (kMaxSkipWords).
 int fwd_sm90(FwdArgs const& args, void* stream);
 
-// fp32 scratch that fwd_sm90 needs to split the last wave of a call by keys (tail_split.h), 0 if it does
+// fp32 scratch that fwd_sm90 needs to split the last wave of a dense call by keys (tail_split.h), 0 if it does
 // not split; the split is skipped when args.split_workspace is smaller. Depends on the current device's SM count.
 int64_t fwd_sm90_split_workspace_floats(FwdArgs const& args);
 

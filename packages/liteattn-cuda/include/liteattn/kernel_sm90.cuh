@@ -28,8 +28,8 @@ struct KernelParams {
   int num_work_tiles;  // B * H * QT
   float scale, scale_log2;
   bool reverse;
-  // Calls without a skip test or tile gaps: the last work tiles may run as key-range pieces (tail_split.h) into
-  // split_o (pieces, BM, D) and split_lse (pieces, BM); num_work_items counts tiles and pieces.
+  // Dense calls: the last work tiles may run as key-range pieces (tail_split.h) into split_o (pieces, BM, D) and
+  // split_lse (pieces, BM); num_work_items counts tiles and pieces.
   TailSplit split;
   int num_work_items;
   float* split_o;

@@ -10,24 +10,18 @@
 
 namespace liteattn {
 
-// LITEATTN_CUDA_TAIL_SPLIT=0 turns the split of a call's last wave by keys off (for comparisons).
+// LITEATTN_CUDA_TAIL_SPLIT=0 turns the split of a dense call's last wave off (for comparisons).
 inline bool tail_split_enabled() {
   char const* env = std::getenv("LITEATTN_CUDA_TAIL_SPLIT");
   return env == nullptr || std::strcmp(env, "0") != 0;
 }
 
-// Whether a call's work tiles may be split by key range: not with a skip test or tile gaps, which compare each tile
-// against the running max over the whole row of keys before it.
-inline bool keys_can_be_split(FwdArgs const& args) {
-  return args.write_bits == nullptr && args.tile_gaps == nullptr;
-}
-
-// The split of a call's last wave into key ranges (tail_split.h), when the call allows one and the caller gave a
-// workspace large enough for it.
+// The split of a call's last wave into key ranges (tail_split.h): dense kernels only (a skip state's tiles and
+// skip test need a whole row of keys), and only when the caller gave a workspace large enough for it.
 template <class Traits>
 TailSplit tail_split_for(FwdArgs const& args, int num_work_tiles, int num_k_tiles) {
   TailSplit const whole{num_work_tiles, 1};
-  if (!keys_can_be_split(args) || LITEATTN_TRACE || args.split_workspace == nullptr) return whole;
+  if (Traits::kSkipState || LITEATTN_TRACE || args.split_workspace == nullptr) return whole;
   int const sms = current_device_sms();
   if (sms <= 0) return whole;
   TailSplit const split = plan_tail_split(num_work_tiles, num_k_tiles, sms);
@@ -110,22 +104,21 @@ inline bool is_dense_call(FwdArgs const& args) {
   return args.compute_bits == nullptr && args.write_bits == nullptr && args.tile_gaps == nullptr;
 }
 
-// fp32 floats of the workspace a call's tail split needs (0: the call runs without one), in the geometry of the
-// kernel run_fwd_hdim picks for it.
+// fp32 floats of the workspace a call's tail split needs (0: the call runs without one).
 template <class Element, int kHeadDim>
 int64_t split_workspace_floats_hdim(FwdArgs const& args) {
-  if (!keys_can_be_split(args) || !tail_split_enabled() || LITEATTN_TRACE) return 0;
   using Geometry = DefaultGeometry<kHeadDim>;
   using Dense = DenseGeometry<kHeadDim>;
-  bool const dense =
-      is_dense_call(args) && (Dense::kBlockN != Geometry::kBlockN || Dense::kBlockM != Geometry::kBlockM);
-  int const block_m = dense ? Dense::kBlockM : Geometry::kBlockM;
-  int const block_n = dense ? Dense::kBlockN : Geometry::kBlockN;
-  int const sms = current_device_sms();
-  if (sms <= 0) return 0;
-  int const tiles = args.batch * args.num_heads * ((args.seqlen_q + block_m - 1) / block_m);
-  int const k_tiles = (args.seqlen_k + block_n - 1) / block_n;
-  return tail_split_workspace_floats(plan_tail_split(tiles, k_tiles, sms), tiles, block_m, kHeadDim);
+  if constexpr (Dense::kBlockN != Geometry::kBlockN || Dense::kBlockM != Geometry::kBlockM) {
+    if (!is_dense_call(args) || !tail_split_enabled() || LITEATTN_TRACE) return 0;
+    int const sms = current_device_sms();
+    if (sms <= 0) return 0;
+    int const tiles = args.batch * args.num_heads * ((args.seqlen_q + Dense::kBlockM - 1) / Dense::kBlockM);
+    int const k_tiles = (args.seqlen_k + Dense::kBlockN - 1) / Dense::kBlockN;
+    return tail_split_workspace_floats(plan_tail_split(tiles, k_tiles, sms), tiles, Dense::kBlockM, kHeadDim);
+  } else {
+    return 0;  // dense calls at this head dim run the skip-state kernel, whose work tiles are never split
+  }
 }
 
 template <class Element, int kHeadDim>

@@ -1,11 +1,8 @@
-// The last wave of a call, split by keys. A dense call's work tiles all take the same time and run one per SM, so a
-// call of N tiles on P SMs takes ceil(N / P) tile times: at (1, 12, 32760, 128) on an H100, 3072 tiles are 23 full
-// waves and 36 tiles that hold 36 SMs for a whole 24th while the other 96 idle (~3% of the call). Splitting each of
-// those last tiles into k key ranges (k * 36 <= P) runs the 24th wave in a k-th of the time; the pieces write fp32
-// partial outputs and LSEs that a small kernel merges (tail_combine.cuh). Calls with a keep bitmask but no skip
-// test or tile gaps split the same way (their tiles are about equal when the kept tiles are spread evenly); a
-// skip test cannot: it compares every tile with the running max over the row's keys before it. Plain C++: the plan
-// runs on the host.
+// The last wave of a dense call, split by keys. A dense call's work tiles all take the same time and run one per SM,
+// so a call of N tiles on P SMs takes ceil(N / P) tile times: at (1, 12, 32760, 128) on an H100, 3072 tiles are
+// 23 full waves and 36 tiles that hold 36 SMs for a whole 24th while the other 96 idle (~3% of the call). Splitting
+// each of those last tiles into k key ranges (k * 36 <= P) runs the 24th wave in a k-th of the time; the pieces
+// write fp32 partial outputs and LSEs that a small kernel merges (tail_combine.cuh). Host-only: no CUDA headers.
 #pragma once
 
 #include <cstdint>

@@ -20,7 +20,7 @@ struct WorkTile {
 // A CTA walks the work items blockIdx.x, blockIdx.x + gridDim.x, ... Work item i < num_whole is work tile i, numbered
 // like the rows of the keep bitmask ((b * H + h) * QT + m), query tile fastest, so that the CTAs running at any
 // moment share a few K/V heads and hit L2; the items after it are the key-range pieces of the last work tiles
-// (TailSplit; calls without a skip test or tile gaps), num_splits per tile. The default grid has one CTA per work item, which the
+// (TailSplit, dense calls only), num_splits per tile. The default grid has one CTA per work item, which the
 // hardware hands to SMs as they free up: rows with few kept tiles never hold an SM while others wait. With
 // LITEATTN_PERSISTENT=1 the grid is one CTA per SM, each carrying its K/V ring and Q barriers across its tiles
 // (the producer loads the next Q and K/V during the epilogue); the static assignment then costs 5-10% to
@@ -71,33 +71,29 @@ inline int work_grid_size(int num_work_items) {
   return sms < num_work_items ? sms : num_work_items;
 }
 
-// Word w of a keep row with the bits outside key tiles [begin, end) cleared (end <= the row's tiles: bits past them
-// never count).
-CUTE_DEVICE uint32_t keep_word_bits(uint32_t bits, int w, int begin, int end) {
-  int const lo = begin - w * 32, hi = end - w * 32;  // the range's bit positions in this word
-  uint32_t const below_hi = hi >= 32 ? 0xffffffffu : hi <= 0 ? 0u : (1u << hi) - 1u;
-  uint32_t const below_lo = lo >= 32 ? 0xffffffffu : lo <= 0 ? 0u : (1u << lo) - 1u;
-  return bits & below_hi & ~below_lo;
+// Word w of a keep row with the bits past the row's last key tile (num_tiles) cleared.
+CUTE_DEVICE uint32_t keep_word_bits(uint32_t bits, int w, int num_tiles) {
+  int const valid = num_tiles - w * 32;  // bits of this word that name real tiles
+  return valid < 32 ? bits & ((1u << valid) - 1u) : bits;
 }
 
-// The producer's walk: the set bits of one (b, h, query-tile) row of the keep bitmask within key tiles
-// [begin, end) (the whole row, or one piece's range), ascending or descending, in its own shared-memory copy of
-// the row (stage_keep_row). One thread running ahead of the consumers can afford the branches; the consumers walk
-// KeptTileList instead.
+// The producer's walk: the set bits of one (b, h, query-tile) row of the keep bitmask, ascending or descending, in
+// its own shared-memory copy of the row (stage_keep_row). One thread running ahead of the consumers can afford
+// the branches; the consumers walk KeptTileList instead.
 struct KeptTileIterator {
   uint32_t const* words;  // W words in shared memory, or nullptr = every tile kept
   int num_words;
-  int begin, end;        // bits outside [begin, end) are ignored (end <= KT)
+  int num_tiles;         // KT: bits >= KT are ignored
   bool reverse;
   int word_idx;
   uint32_t cur;
 
   CUTE_DEVICE uint32_t load_word(int w) const {
-    return keep_word_bits(words == nullptr ? 0xffffffffu : words[w], w, begin, end);
+    return keep_word_bits(words == nullptr ? 0xffffffffu : words[w], w, num_tiles);
   }
 
-  CUTE_DEVICE KeptTileIterator(uint32_t const* words_, int num_tiles, int begin_, int end_, bool reverse_)
-      : words(words_), num_words((num_tiles + 31) / 32), begin(begin_), end(end_), reverse(reverse_) {
+  CUTE_DEVICE KeptTileIterator(uint32_t const* words_, int num_tiles_, bool reverse_)
+      : words(words_), num_words((num_tiles_ + 31) / 32), num_tiles(num_tiles_), reverse(reverse_) {
     word_idx = reverse ? num_words - 1 : 0;
     cur = num_words > 0 ? load_word(word_idx) : 0u;
   }
