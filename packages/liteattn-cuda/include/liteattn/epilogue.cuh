@@ -16,9 +16,8 @@ CUTE_DEVICE void epilogue_store(Params const& params, WorkTile const& work, int 
   softmax.finalize(params.scale, inv_sum, lse);
 
   int const lane = thread_idx % 32;
-  // Rows of this thread inside the query tile: warpgroup (64 rows), warp (16 rows), quad (1 row), +8.
-  int const row0 = (thread_idx / 128) * 64 + ((thread_idx % 128) / 32) * 16 + lane / 4;
-  int const rows[2] = {work.m_block * Traits::kBlockM + row0, work.m_block * Traits::kBlockM + row0 + 8};
+  int const row0 = work.m_block * Traits::kBlockM + acc_tile_row(thread_idx);
+  int const rows[2] = {row0, row0 + 8};
 
   Element* out = static_cast<Element*>(params.out) + work.batch * params.out_stride_b + work.head * params.out_stride_h;
   constexpr int N = decltype(size(tOrO))::value;
@@ -64,15 +63,13 @@ CUTE_DEVICE void epilogue_store_piece(Params const& params, WorkTile const& work
   float inv_sum[2], lse[2];
   softmax.finalize(params.scale, inv_sum, lse);
   int const lane = thread_idx % 32;
-  int const row0 = (thread_idx / 128) * 64 + ((thread_idx % 128) / 32) * 16 + lane / 4;
+  int const row0 = acc_tile_row(thread_idx);
   float* out = params.split_o + int64_t(work.piece) * Traits::kBlockM * kHeadDim;
   constexpr int N = decltype(size(tOrO))::value;
-  // Flat index i: column block i / 4 (8 columns), row half (i / 2) % 2, column 2 * (lane % 4) + i % 2.
   CUTE_UNROLL
-  for (int i = 0; i < N; i += 2) {
-    int const r = (i / 2) % 2;
-    int const col = 8 * (i / 4) + 2 * (lane % 4);
-    *reinterpret_cast<float2*>(out + (row0 + 8 * r) * kHeadDim + col) =
+  for (int i = 0; i < N; i += 2) {  // elements i, i + 1: adjacent columns of one row
+    int const r = acc_row(i);
+    *reinterpret_cast<float2*>(out + (row0 + 8 * r) * kHeadDim + acc_col(i, lane)) =
         make_float2(tOrO(i) * inv_sum[r], tOrO(i + 1) * inv_sum[r]);
   }
   if ((lane & 3) == 0) {

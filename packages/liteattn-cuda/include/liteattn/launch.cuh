@@ -10,24 +10,14 @@
 
 namespace liteattn {
 
-// LITEATTN_CUDA_TAIL_SPLIT=0 turns the split of a dense call's last wave off (for comparisons).
-inline bool tail_split_enabled() {
-  char const* env = std::getenv("LITEATTN_CUDA_TAIL_SPLIT");
-  return env == nullptr || std::strcmp(env, "0") != 0;
-}
-
-// The split of a call's last wave into key ranges (tail_split.h): dense kernels only (a skip state's tiles and
-// skip test need a whole row of keys), and only when the caller gave a workspace large enough for it.
-template <class Traits>
-TailSplit tail_split_for(FwdArgs const& args, int num_work_tiles, int num_k_tiles) {
+// The split of a dense call's last wave into key ranges (tail_split.h) on the current device: none with
+// LITEATTN_CUDA_TAIL_SPLIT=0 (for comparisons) or in trace builds (a trace is written per work tile).
+inline TailSplit tail_split_on_device(int num_work_tiles, int num_k_tiles) {
   TailSplit const whole{num_work_tiles, 1};
-  if (Traits::kSkipState || LITEATTN_TRACE || args.split_workspace == nullptr) return whole;
+  char const* env = std::getenv("LITEATTN_CUDA_TAIL_SPLIT");
+  if (LITEATTN_TRACE || (env != nullptr && std::strcmp(env, "0") == 0)) return whole;
   int const sms = current_device_sms();
-  if (sms <= 0) return whole;
-  TailSplit const split = plan_tail_split(num_work_tiles, num_k_tiles, sms);
-  bool const fits = tail_split_workspace_floats(split, num_work_tiles, Traits::kBlockM, Traits::kHeadDim) <=
-                    args.split_workspace_floats;
-  return fits ? split : whole;
+  return sms > 0 ? plan_tail_split(num_work_tiles, num_k_tiles, sms) : whole;
 }
 
 // Launches one kernel instantiation; the caller has checked that Traits fits the call.
@@ -80,7 +70,15 @@ int launch_fwd(FwdArgs const& args, cudaStream_t stream) {
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return int(err);
   if (params.num_work_tiles == 0) return 0;
-  params.split = tail_split_for<Traits>(args, params.num_work_tiles, params.num_k_tiles);
+  params.split = TailSplit{params.num_work_tiles, 1};
+  if constexpr (!Traits::kSkipState) {  // a skip test needs the whole row of keys: skip-state kernels never split
+    TailSplit const split = tail_split_on_device(params.num_work_tiles, params.num_k_tiles);
+    if (args.split_workspace != nullptr &&
+        tail_split_workspace_floats(split, params.num_work_tiles, Traits::kBlockM, kHeadDim) <=
+            args.split_workspace_floats) {
+      params.split = split;
+    }
+  }
   params.num_work_items = params.split.num_work_items(params.num_work_tiles);
   int const pieces = params.split.num_pieces(params.num_work_tiles);
   params.split_o = args.split_workspace;
@@ -88,13 +86,16 @@ int launch_fwd(FwdArgs const& args, cudaStream_t stream) {
   int const grid = work_grid_size(params.num_work_items);
   if (grid < 0) return -grid;
   kernel<<<grid, Traits::kNumThreads, smem, stream>>>(params);
-  if (pieces == 0) return int(cudaGetLastError());
-  TailCombineParams const combine{params.split_o,       params.split_lse,          params.out,
-                                  params.out_stride_b,  params.out_stride_s,       params.out_stride_h,
-                                  params.lse,           params.seqlen_q,           params.num_heads,
-                                  params.num_q_tiles,   params.split.num_whole,    params.split.num_splits};
-  tail_combine_kernel<typename Traits::Element, Traits::kBlockM, Traits::kHeadDim>
-      <<<params.num_work_tiles - params.split.num_whole, 256, 0, stream>>>(combine);
+  if constexpr (!Traits::kSkipState) {
+    if (pieces > 0) {
+      TailCombineParams const combine{params.split_o,      params.split_lse,       params.out,
+                                      params.out_stride_b, params.out_stride_s,    params.out_stride_h,
+                                      params.lse,          params.seqlen_q,        params.num_heads,
+                                      params.num_q_tiles,  params.split.num_whole, params.split.num_splits};
+      tail_combine_kernel<Element, Traits::kBlockM, kHeadDim>
+          <<<params.num_work_tiles - params.split.num_whole, 256, 0, stream>>>(combine);
+    }
+  }
   return int(cudaGetLastError());
 }
 
@@ -110,12 +111,10 @@ int64_t split_workspace_floats_hdim(FwdArgs const& args) {
   using Geometry = DefaultGeometry<kHeadDim>;
   using Dense = DenseGeometry<kHeadDim>;
   if constexpr (Dense::kBlockN != Geometry::kBlockN || Dense::kBlockM != Geometry::kBlockM) {
-    if (!is_dense_call(args) || !tail_split_enabled() || LITEATTN_TRACE) return 0;
-    int const sms = current_device_sms();
-    if (sms <= 0) return 0;
+    if (!is_dense_call(args)) return 0;
     int const tiles = args.batch * args.num_heads * ((args.seqlen_q + Dense::kBlockM - 1) / Dense::kBlockM);
-    int const k_tiles = (args.seqlen_k + Dense::kBlockN - 1) / Dense::kBlockN;
-    return tail_split_workspace_floats(plan_tail_split(tiles, k_tiles, sms), tiles, Dense::kBlockM, kHeadDim);
+    TailSplit const split = tail_split_on_device(tiles, (args.seqlen_k + Dense::kBlockN - 1) / Dense::kBlockN);
+    return tail_split_workspace_floats(split, tiles, Dense::kBlockM, kHeadDim);
   } else {
     return 0;  // dense calls at this head dim run the skip-state kernel, whose work tiles are never split
   }

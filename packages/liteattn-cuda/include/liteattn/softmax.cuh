@@ -14,6 +14,11 @@ using namespace cute;
 
 CUTE_DEVICE int acc_row(int i) { return (i >> 1) & 1; }
 CUTE_DEVICE int acc_col(int i, int lane) { return 2 * (lane & 3) + (i & 1) + 8 * (i >> 2); }
+// The query-tile row of consumer thread `thread_idx`'s accumulator row 0 (row 1 is 8 below): warpgroup (64 rows),
+// warp (16 rows), quad (1 row).
+CUTE_DEVICE int acc_tile_row(int thread_idx) {
+  return (thread_idx / 128) * 64 + ((thread_idx % 128) / 32) * 16 + (thread_idx % 32) / 4;
+}
 
 #ifndef LITEATTN_FAST_EXP2
 #define LITEATTN_FAST_EXP2 1

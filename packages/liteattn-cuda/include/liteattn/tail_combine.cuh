@@ -9,7 +9,7 @@
 #include <cutlass/numeric_conversion.h>
 #include <cutlass/numeric_types.h>
 
-#include "tail_split.h"
+#include "tile_scheduler.cuh"
 
 namespace liteattn {
 
@@ -25,9 +25,8 @@ struct TailCombineParams {
 
 template <class Element, int kBlockM, int kHeadDim>
 __global__ void __launch_bounds__(256) tail_combine_kernel(TailCombineParams const params) {
-  int const tile = params.num_whole + int(blockIdx.x);
-  int const rest = tile / params.num_q_tiles;
-  int const m_block = tile - rest * params.num_q_tiles, head = rest % params.num_heads, batch = rest / params.num_heads;
+  auto const [m_block, head, batch] = tile_coords(params.num_whole + int(blockIdx.x), params.num_q_tiles,
+                                                  params.num_heads);
   int64_t const first_piece = int64_t(blockIdx.x) * params.num_splits;
   constexpr int kQuads = kHeadDim / 4;
   cutlass::NumericArrayConverter<Element, float, 4> convert;

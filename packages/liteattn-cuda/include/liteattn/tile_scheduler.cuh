@@ -8,6 +8,15 @@
 
 namespace liteattn {
 
+// Query tile, head and batch of work tile `tile` = (b * H + h) * QT + m.
+struct TileCoords {
+  int m_block, head, batch;
+};
+CUTE_HOST_DEVICE TileCoords tile_coords(int tile, int num_q_tiles, int num_heads) {
+  int const rest = tile / num_q_tiles;
+  return {tile - rest * num_q_tiles, rest % num_heads, rest / num_heads};
+}
+
 struct WorkTile {
   int tile;  // (b * H + h) * QT + m: the row of the keep bitmask
   int m_block;
@@ -45,8 +54,8 @@ struct WorkTileScheduler {
       k_begin = split * num_k_tiles / num_splits;
       k_end = (split + 1) * num_k_tiles / num_splits;
     }
-    int const rest = tile / num_q_tiles;
-    return {tile, tile - rest * num_q_tiles, rest % num_heads, rest / num_heads, k_begin, k_end, piece};
+    TileCoords const at = tile_coords(tile, num_q_tiles, num_heads);
+    return {tile, at.m_block, at.head, at.batch, k_begin, k_end, piece};
   }
 };
 

@@ -95,8 +95,7 @@ CUTE_DEVICE auto skip_test_writer(Params const& params, typename Traits::SharedS
   if constexpr (Traits::kSkipState) {
     // A row votes only if it is a real query row (rows of this thread as in the epilogue).
     using Writer = SkipTestWriter<Traits::kNumMmaThreads>;
-    int const row0 = work.m_block * Traits::kBlockM + (thread_idx / 128) * 64 + ((thread_idx % 128) / 32) * 16 +
-                     (thread_idx % 32) / 4;
+    int const row0 = work.m_block * Traits::kBlockM + acc_tile_row(thread_idx);
     bool const valid[2] = {row0 < params.seqlen_q, row0 + 8 < params.seqlen_q};
     float const threshold = params.write_bits == nullptr ? 0.f : __ldg(params.thresholds + work.head);
     return Writer{
