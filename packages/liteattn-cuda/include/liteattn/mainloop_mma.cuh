@@ -258,6 +258,24 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
 }
 
 
+// Which exp2's of a tile the overlapped loop keeps ahead of its PV wait, per row of a thread's two accumulator
+// rows: their count in register order, -1 for all. The compiler places the rest after the wait, where they fill
+// the issue gaps of the P conversions (F2FP, which issue at half rate and otherwise run back to back there).
+// Measured on an H100 (bench/NOTES-cuda.md, thirteenth round): the dense 176-key kernel is 3-4% faster with
+// row 0's exp2's ahead of the wait and row 1's after it than with all ahead (the skip-state kernels: no change, so
+// they keep all ahead), and 2-4% slower than that with any of 12/12, 22/22, 33/0 or 44/22 ahead.
+#ifndef LITEATTN_DENSE_PIN_ROW0
+#define LITEATTN_DENSE_PIN_ROW0 -1
+#endif
+#ifndef LITEATTN_DENSE_PIN_ROW1
+#define LITEATTN_DENSE_PIN_ROW1 0
+#endif
+template <class Traits>
+constexpr int pinned_exp2s(int row) {
+  if (Traits::kSkipState) return -1;
+  return row == 0 ? LITEATTN_DENSE_PIN_ROW0 : LITEATTN_DENSE_PIN_ROW1;
+}
+
 // The key loop software-pipelined inside each warpgroup: S(n) = Q K(n)^T is issued together with
 // O += P(p) V(p) for the previous kept tile p, and the softmax of S(n) runs while that PV wgmma does, so a
 // warpgroup keeps the tensor cores busy through its own softmax. The producer loads K one tile ahead of V to
@@ -281,10 +299,12 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
   Tensor rP = make_tensor<Element>(tSrS.layout());                              // (MMA, MMA_M, MMA_N)
   Tensor tOrP = make_tensor(rP.data(), acc_layout_as_a_operand(rP.layout()));  // (MMA, MMA_M, MMA_K)
 
-  // The compiler sinks exp2's below wgmma.wait_group when nothing reads them earlier; a shared store of the row
-  // sums (which depend on every exp2) cannot cross the wait, so the softmax stays under the PV wgmma.
+  // The compiler sinks exp2's below wgmma.wait_group when nothing reads them earlier; a shared store of a row
+  // sum (which depends on the exp2's before it) cannot cross the wait, so those stay under the PV wgmma.
   __shared__ float row_sum_sink[Traits::kNumMmaThreads * 2];
   uint32_t const sink_addr = cute::cast_smem_ptr_to_uint(&row_sum_sink[thread_idx * 2]);
+
+  constexpr int kPin0 = pinned_exp2s<Traits>(0), kPin1 = pinned_exp2s<Traits>(1);
 
   int const lane = thread_idx % 32;
   int const partial_tile = params.seqlen_k % kBlockN == 0 ? -1 : params.num_k_tiles - 1;
@@ -329,10 +349,15 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
     pipeline_k.consumer_release(state);
     if constexpr (kDequantize) convert_scores(tSrAcc, tSrS);
     if constexpr (decltype(masked)::value) mask_partial_tile<kBlockN>(tSrS, n, n, params.seqlen_k, lane);
-    softmax.step(tSrS, correction, factor);
+    softmax.step<kPin0, kPin1>(tSrS, correction, factor);
     bool const needs = skip.row_needs(softmax);
-    asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(sink_addr), "f"(softmax.row_sum[0]),
-                 "f"(softmax.row_sum[1]) : "memory");
+    if constexpr (kPin0 != 0 && kPin1 != 0) {
+      asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(sink_addr), "f"(softmax.pinned_sum[0]),
+                   "f"(softmax.pinned_sum[1]) : "memory");
+    } else if constexpr (kPin0 != 0 || kPin1 != 0) {
+      asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(sink_addr), "f"(softmax.pinned_sum[kPin0 != 0 ? 0 : 1])
+                   : "memory");
+    }
     warpgroup_wait<0>();  // PV(p) done: O and the P registers are free again
     pipeline_v.consumer_release(state_v);
     skip.commit(n, needs, lane);

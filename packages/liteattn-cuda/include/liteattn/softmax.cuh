@@ -14,6 +14,8 @@ using namespace cute;
 
 CUTE_DEVICE int acc_row(int i) { return (i >> 1) & 1; }
 CUTE_DEVICE int acc_col(int i, int lane) { return 2 * (lane & 3) + (i & 1) + 8 * (i >> 2); }
+// How many values of its row come before flat index i in this thread's fragment.
+CUTE_HOST_DEVICE constexpr int acc_rank_in_row(int i) { return (i >> 2) * 2 + (i & 1); }
 // The query-tile row of consumer thread `thread_idx`'s accumulator row 0 (row 1 is 8 below): warpgroup (64 rows),
 // warp (16 rows), quad (1 row).
 CUTE_DEVICE int acc_tile_row(int thread_idx) {
@@ -50,6 +52,7 @@ struct OnlineSoftmax {
   float scale_log2;   // softmax scale * log2(e)
   float tile_max[2];  // max raw score of the last tile (quad-reduced), for the skip test
   float prev_max[2];  // running max before the last tile (-inf before the first), for the skip test
+  float pinned_sum[2];  // row sums after the exp2's that step<kPin0, kPin1> names (see step)
 
   CUTE_DEVICE explicit OnlineSoftmax(float scale_log2_) : scale_log2(scale_log2_) {
     row_max[0] = row_max[1] = -INFINITY;
@@ -60,7 +63,10 @@ struct OnlineSoftmax {
   // that rescales each row's accumulator (exp2 of the max shift). score_factor > 0 scales INT8 tiles (one
   // dequantisation factor per tile): a positive factor commutes with the max, so it costs one multiply per row
   // and folds into the exp2's FFMA instead of one multiply per score.
-  template <class TensorS>
+  //
+  // pinned_sum[r] is row r's partial sum after its first kPin_r probabilities in register order (-1: all of
+  // them): a caller that stores it keeps exactly those exp2's ahead of the store.
+  template <int kPin0 = -1, int kPin1 = -1, class TensorS>
   CUTE_DEVICE void step(TensorS& tSrS, float (&correction)[2], float score_factor = 1.f) {
     constexpr int N = decltype(size(tSrS))::value;
     tile_max[0] = tile_max[1] = -INFINITY;
@@ -85,7 +91,10 @@ struct OnlineSoftmax {
       float p = fast_exp2(fmaf(tSrS(i), tile_scale_log2, -max_scaled[acc_row(i)]));
       tSrS(i) = p;
       row_sum[acc_row(i)] += p;
+      if (acc_rank_in_row(i) + 1 == (acc_row(i) == 0 ? kPin0 : kPin1)) pinned_sum[acc_row(i)] = row_sum[acc_row(i)];
     }
+    if (kPin0 < 0) pinned_sum[0] = row_sum[0];
+    if (kPin1 < 0) pinned_sum[1] = row_sum[1];
   }
 
   // Final per-row 1/sum and natural-log LSE; a row that saw no key gets scale 0 and lse -inf.
