@@ -1,0 +1,92 @@
+"""SM clock, power and throttle reasons while FA3 and our dense call alternate, on the same inputs; or one call of
+either for Nsight Compute.
+
+    python packages/liteattn-cuda/bench/clock_power.py clock H,S,D
+    ncu --profile-from-start off --clock-control none --set full -o REPORT \\
+        python packages/liteattn-cuda/bench/clock_power.py ncu H,S,D {cuda,fa3}
+
+`clock` runs each engine for 4 s, three times in turn, while `nvidia-smi` samples every 50 ms, and prints each
+phase's time per call with the mean clock and power of its samples (the first second of a phase left out). An H100
+at its power cap throttles the clock by the energy a kernel spends, so two kernels of equal work can differ here.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import torch
+
+from liteattn.tiles import default_tile_shape
+from liteattn_cuda import fwd
+
+QUERY = "clocks.sm,power.draw,temperature.gpu,clocks_event_reasons.active"
+
+
+def engines(H: int, S: int, D: int) -> dict:
+    import fa3_fwd_interface
+
+    q, k, v = (torch.randn(1, S, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    bm, bn = default_tile_shape(D)
+    out, lse = torch.empty_like(q), torch.empty(1, H, S, device="cuda")
+    return {"cuda": lambda: fwd(q, k, v, out, lse, None, 1 / math.sqrt(D), bm, bn, False),
+            "fa3": lambda: fa3_fwd_interface.flash_attn_func(q, k, v)}
+
+
+def sample_clocks(runs: dict, shape: str, seconds: float = 4.0) -> None:
+    smi = subprocess.Popen(["nvidia-smi", f"--query-gpu={QUERY}", "--format=csv,noheader,nounits", "-lms", "50"],
+                           stdout=subprocess.PIPE, text=True)
+    samples: list[tuple[float, list[str]]] = []
+
+    def read() -> None:
+        for line in smi.stdout:
+            samples.append((time.time(), line.strip().split(", ")))
+
+    threading.Thread(target=read, daemon=True).start()
+    time.sleep(1.0)
+    phases = []
+    for name in ["fa3", "cuda"] * 3:
+        start, calls = time.time(), 0
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        while time.time() - start < seconds:
+            for _ in range(5):
+                runs[name]()
+            calls += 5
+            torch.cuda.synchronize()
+        end.record()
+        torch.cuda.synchronize()
+        phases.append((name, start + 1.0, time.time(), begin.elapsed_time(end) / calls))
+    smi.terminate()
+    for name, a, b, ms in phases:
+        rows = [s for t, s in samples if a <= t <= b]
+        clock = statistics.mean(float(r[0]) for r in rows)
+        power = statistics.mean(float(r[1]) for r in rows)
+        reasons = sorted({r[3] for r in rows})
+        print(f"{shape} {name:5s} {ms:8.3f} ms/call  clock {clock:7.1f} MHz  power {power:6.1f} W  "
+              f"temp {max(float(r[2]) for r in rows):.0f}  reasons {reasons}  samples {len(rows)}", flush=True)
+
+
+def main() -> None:
+    mode, shape = sys.argv[1], sys.argv[2]
+    runs = engines(*(int(x) for x in shape.split(",")))
+    for run in runs.values():  # compile and warm up outside the profiled / sampled region
+        run()
+    torch.cuda.synchronize()
+    if mode == "clock":
+        sample_clocks(runs, shape)
+    elif mode == "ncu":
+        torch.cuda.profiler.start()
+        runs[sys.argv[3]]()
+        torch.cuda.synchronize()
+        torch.cuda.profiler.stop()
+    else:
+        raise SystemExit(f"mode must be clock or ncu, got {mode!r}")
+
+
+if __name__ == "__main__":
+    main()
