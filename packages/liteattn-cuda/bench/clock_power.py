@@ -3,7 +3,7 @@ either for Nsight Compute.
 
     python packages/liteattn-cuda/bench/clock_power.py clock H,S,D
     ncu --profile-from-start off --clock-control none --set full -o REPORT \\
-        python packages/liteattn-cuda/bench/clock_power.py ncu H,S,D {cuda,fa3}
+        python packages/liteattn-cuda/bench/clock_power.py ncu H,S,D {cuda,cuda-skip,fa3}
 
 `clock` runs each engine for 4 s, three times in turn, while `nvidia-smi` samples every 50 ms, and prints each
 phase's time per call with the mean clock and power of its samples (the first second of a phase left out). An H100
@@ -33,7 +33,13 @@ def engines(H: int, S: int, D: int) -> dict:
     q, k, v = (torch.randn(1, S, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     bm, bn = default_tile_shape(D)
     out, lse = torch.empty_like(q), torch.empty(1, H, S, device="cuda")
-    return {"cuda": lambda: fwd(q, k, v, out, lse, None, 1 / math.sqrt(D), bm, bn, False),
+    QT, KT = -(-S // bm), -(-S // bn)
+    written = torch.empty(1, H, QT, -(-KT // 32), dtype=torch.int32, device="cuda")
+    thresholds = torch.full((H,), -5.0, device="cuda")
+    scale = 1 / math.sqrt(D)
+    return {"cuda": lambda: fwd(q, k, v, out, lse, None, scale, bm, bn, False),
+            # the skip-state kernel with the skip test on and nothing skipped
+            "cuda-skip": lambda: fwd(q, k, v, out, lse, None, scale, bm, bn, False, written, thresholds),
             "fa3": lambda: fa3_fwd_interface.flash_attn_func(q, k, v)}
 
 
@@ -49,7 +55,7 @@ def sample_clocks(runs: dict, shape: str, seconds: float = 4.0) -> None:
     threading.Thread(target=read, daemon=True).start()
     time.sleep(1.0)
     phases = []
-    for name in ["fa3", "cuda"] * 3:
+    for name in ["fa3", "cuda"] * 3:  # the skip-state kernel ("cuda-skip") only for ncu
         start, calls = time.time(), 0
         begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         begin.record()
