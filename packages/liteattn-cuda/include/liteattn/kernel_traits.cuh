@@ -136,12 +136,13 @@ struct KernelTraits {
   static_assert(kSmemBytes <= 227 * 1024, "shared storage exceeds the 227 KB an sm90 CTA may use");
 };
 
-// Whether an instantiation runs the overlapped consumer loop. On an H100 it gains 4-6% at head dim 128, nothing
-// at 64 (where the exp2's, not the GEMMs, set the pace), and at 256 its extra live registers (P beside S, with O
-// at 128 per thread) spill (bench/NOTES-cuda.md, v9).
+// Whether an instantiation runs the overlapped consumer loop. On an H100 it gains 4-6% at head dim 128; at 64 the
+// dense kernel (192-row tiles) gains 3-4% with its exp2's split around the PV wait (pinned_exp2s), the skip-state
+// kernels measured no faster (bench/NOTES-cuda.md, ninth and thirteenth rounds); at 256 its extra live registers
+// (P beside S, with O at 128 per thread) spill (v9).
 template <class Traits>
 constexpr bool overlapped_loop() {
-  return LITEATTN_OVERLAP && Traits::kHeadDim == 128;
+  return LITEATTN_OVERLAP && (Traits::kHeadDim == 128 || (Traits::kHeadDim == 64 && !Traits::kSkipState));
 }
 
 // Stages per head dim: as many K/V stages as fit next to the Q tile in 227 KB.

@@ -196,8 +196,8 @@ CUTE_DEVICE decltype(auto) score_registers(TensorAcc& acc) {
 }
 
 // The serial key loop: each consumer warpgroup waits for every wgmma before using its result, and the two
-// warpgroups overlap each other's softmax with their GEMMs. Head dims 64 and 256 run it (at 64 the overlapped loop
-// measured no faster, at 256 it spills); see consumer_mainloop for the arguments.
+// warpgroups overlap each other's softmax with their GEMMs. The skip-state kernels at head dim 64 and every kernel
+// at 256 run it (overlapped_loop says why); see consumer_mainloop for the arguments.
 template <class Traits, class Params, class TensorO, class SkipWriter, class ScoreScale, class TileIterator>
 CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits::SharedStorage& shared,
                                           typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
@@ -261,9 +261,10 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
 // Which exp2's of a tile the overlapped loop keeps ahead of its PV wait, per row of a thread's two accumulator
 // rows: their count in register order, -1 for all. The compiler places the rest after the wait, where they fill
 // the issue gaps of the P conversions (F2FP, which issue at half rate and otherwise run back to back there).
-// Measured on an H100 (bench/NOTES-cuda.md, thirteenth round): the dense 176-key kernel is 3-4% faster with
-// row 0's exp2's ahead of the wait and row 1's after it than with all ahead (the skip-state kernels: no change, so
-// they keep all ahead), and 2-4% slower than that with any of 12/12, 22/22, 33/0 or 44/22 ahead.
+// Measured on an H100 (bench/NOTES-cuda.md, thirteenth round): the dense kernels are 3-4% faster with row 0's
+// exp2's ahead of the wait and row 1's after it than with all ahead, at head dim 128 (176-key tiles) and 64
+// (192-row tiles), and at 128 2-4% slower than that with any of 12/12, 22/22, 33/0 or 44/22 ahead; the skip-state
+// kernels move by less than 1.5% either way and keep all ahead.
 #ifndef LITEATTN_DENSE_PIN_ROW0
 #define LITEATTN_DENSE_PIN_ROW0 -1
 #endif
