@@ -22,7 +22,7 @@
 #ifndef LITEATTN_STAGES_D64
 #define LITEATTN_STAGES_D64 4
 #endif
-// Consumer loop schedule at head dim 128: 1 (default) issues S(n) with PV(previous tile) and hides the softmax
+// Consumer loop schedule at head dims up to 128: 1 (default) issues S(n) with PV(previous tile) and hides the softmax
 // under that PV (consumer_mainloop_overlap), the producer loading K one tile ahead of V; 0 runs each tile's S,
 // softmax and PV in turn (consumer_mainloop_serial).
 #ifndef LITEATTN_OVERLAP
@@ -136,13 +136,14 @@ struct KernelTraits {
   static_assert(kSmemBytes <= 227 * 1024, "shared storage exceeds the 227 KB an sm90 CTA may use");
 };
 
-// Whether an instantiation runs the overlapped consumer loop. On an H100 it gains 4-6% at head dim 128; at 64 the
-// dense kernel (192-row tiles) gains 3-4% with its exp2's split around the PV wait (pinned_exp2s), the skip-state
-// kernels measured no faster (bench/NOTES-cuda.md, ninth and thirteenth rounds); at 256 its extra live registers
-// (P beside S, with O at 128 per thread) spill (v9).
+// Whether an instantiation runs the overlapped consumer loop. On an H100 it gains 4-6% at head dim 128; at 64 it
+// gains 3-4% (dense, 192-row tiles) and 3-7% (skip-state kernels) with the exp2's split around the PV wait
+// (pinned_exp2s; with all of them ahead of the wait the skip-state kernels measured no faster, bench/NOTES-cuda.md,
+// ninth, thirteenth and fourteenth rounds); at 256 its extra live registers (P beside S, with O at 128 per thread)
+// spill (v9).
 template <class Traits>
 constexpr bool overlapped_loop() {
-  return LITEATTN_OVERLAP && (Traits::kHeadDim == 128 || (Traits::kHeadDim == 64 && !Traits::kSkipState));
+  return LITEATTN_OVERLAP && Traits::kHeadDim <= 128;
 }
 
 // Stages per head dim: as many K/V stages as fit next to the Q tile in 227 KB.

@@ -112,7 +112,7 @@ CUTE_DEVICE auto convert_fragment(Tensor<Engine, Layout> const& src) {
 
 // Ping-pong between the consumer warpgroups: each issues its wgmma's only in its turn, so one warpgroup's
 // softmax runs while the other's GEMMs own the tensor cores. Named barrier 1 + w is "warpgroup w may issue";
-// id 0 is __syncthreads.
+// id 0 is __syncthreads. Each turn barrier counts two warpgroups (w syncs, w - 1 arrives), also with three.
 #ifndef LITEATTN_PINGPONG
 #define LITEATTN_PINGPONG 0  // -DLITEATTN_PINGPONG=0 builds the variant without turn-taking (for measurements)
 #endif
@@ -121,8 +121,8 @@ template <int kNumMmaWarpgroups_>
 struct PingPong {
   static constexpr int kNumMmaWarpgroups = LITEATTN_PINGPONG ? kNumMmaWarpgroups_ : 1;
   int wg;  // consumer warpgroup index
-  CUTE_DEVICE static void bar_sync(int id) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "n"(kNumMmaWarpgroups * 128)); }
-  CUTE_DEVICE static void bar_arrive(int id) { asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "n"(kNumMmaWarpgroups * 128)); }
+  CUTE_DEVICE static void bar_sync(int id) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "n"(256)); }
+  CUTE_DEVICE static void bar_arrive(int id) { asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "n"(256)); }
   CUTE_DEVICE void wait_turn() const { if constexpr (kNumMmaWarpgroups > 1) bar_sync(1 + wg); }
   CUTE_DEVICE void pass_turn() const { if constexpr (kNumMmaWarpgroups > 1) bar_arrive(1 + (wg + 1) % kNumMmaWarpgroups); }
   // Warpgroup 0 goes first: the last warpgroup hands it the first turn.
@@ -196,8 +196,8 @@ CUTE_DEVICE decltype(auto) score_registers(TensorAcc& acc) {
 }
 
 // The serial key loop: each consumer warpgroup waits for every wgmma before using its result, and the two
-// warpgroups overlap each other's softmax with their GEMMs. The skip-state kernels at head dim 64 and every kernel
-// at 256 run it (overlapped_loop says why); see consumer_mainloop for the arguments.
+// warpgroups overlap each other's softmax with their GEMMs. The kernels at head dim 256 run it (overlapped_loop
+// says why); see consumer_mainloop for the arguments.
 template <class Traits, class Params, class TensorO, class SkipWriter, class ScoreScale, class TileIterator>
 CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits::SharedStorage& shared,
                                           typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
@@ -261,10 +261,11 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
 // Which exp2's of a tile the overlapped loop keeps ahead of its PV wait, per row of a thread's two accumulator
 // rows: their count in register order, -1 for all. The compiler places the rest after the wait, where they fill
 // the issue gaps of the P conversions (F2FP, which issue at half rate and otherwise run back to back there).
-// Measured on an H100 (bench/NOTES-cuda.md, thirteenth round): the dense kernels are 3-4% faster with row 0's
-// exp2's ahead of the wait and row 1's after it than with all ahead, at head dim 128 (176-key tiles) and 64
-// (192-row tiles), and at 128 2-4% slower than that with any of 12/12, 22/22, 33/0 or 44/22 ahead; the skip-state
-// kernels move by less than 1.5% either way and keep all ahead.
+// Measured on an H100 (bench/NOTES-cuda.md, thirteenth and fourteenth rounds): the dense kernels are 3-4% faster
+// with row 0's exp2's ahead of the wait and row 1's after it than with all ahead, at head dim 128 (176-key tiles)
+// and 64 (192-row tiles), and at 128 2-4% slower than that with any of 12/12, 22/22, 33/0 or 44/22 ahead; the
+// skip-state kernels at head dim 64 gain 4% the same way (3-7% over their serial loop) and take the same split
+// (the LITEATTN_DENSE_PIN_* knobs); those at 128 move by less than 1.5% either way and keep all ahead.
 #ifndef LITEATTN_DENSE_PIN_ROW0
 #define LITEATTN_DENSE_PIN_ROW0 -1
 #endif
@@ -273,7 +274,7 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
 #endif
 template <class Traits>
 constexpr int pinned_exp2s(int row) {
-  if (Traits::kSkipState) return -1;
+  if (Traits::kSkipState && Traits::kHeadDim == 128) return -1;
   return row == 0 ? LITEATTN_DENSE_PIN_ROW0 : LITEATTN_DENSE_PIN_ROW1;
 }
 
