@@ -391,123 +391,6 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
   turn.finish();
 }
 
-#ifndef LITEATTN_DEEP
-#define LITEATTN_DEEP 0  // experiment: consumer_mainloop_deep for the 16-bit kernels at head dim 64
-#endif
-
-// The overlapped loop two tiles deep: S(next) = Q K(next)^T is issued beside O += P(prev) V(prev) while the softmax
-// of S(cur) runs, so each warpgroup keeps two GEMMs queued through its softmax. S alternates between two register
-// buffers (the body is unrolled by two); the kept-tile count is known, so only the loop's back-edge branches on it.
-// The partial key tile is the first or the last one visited: the first is masked before anything is in flight, the
-// last branch-free.
-template <class Traits, class Params, class TensorO, class SkipWriter, class ScoreScale, class TileIterator>
-CUTE_DEVICE void consumer_mainloop_deep(Params const& params, typename Traits::SharedStorage& shared,
-                                        typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
-                                        TileIterator tiles, int thread_idx, TensorO& tOrO,
-                                        OnlineSoftmax& softmax, SkipWriter& skip,
-                                        typename Traits::PipelineState& state, int q_round, ScoreScale const& scale) {
-  using Element = typename Traits::Element;
-  constexpr int kBlockN = Traits::kBlockN;
-  auto gemms = key_tile_gemms<Traits>(shared, thread_idx);
-  Tensor tSrS0 = partition_fragment_C(gemms.mma_qk, select<0, 1>(typename Traits::TileShapeMNK{}));  // (MMA, M, N)
-  Tensor tSrS1 = partition_fragment_C(gemms.mma_qk, select<0, 1>(typename Traits::TileShapeMNK{}));
-  Tensor rP = make_tensor<Element>(tSrS0.layout());                             // (MMA, MMA_M, MMA_N)
-  Tensor tOrP = make_tensor(rP.data(), acc_layout_as_a_operand(rP.layout()));  // (MMA, MMA_M, MMA_K)
-
-  __shared__ float row_sum_sink[Traits::kNumMmaThreads * 2];
-  uint32_t const sink_addr = cute::cast_smem_ptr_to_uint(&row_sum_sink[thread_idx * 2]);
-  constexpr int kPin0 = pinned_exp2s<Traits>(0), kPin1 = pinned_exp2s<Traits>(1);
-
-  int const lane = thread_idx % 32;
-  int const partial_tile = params.seqlen_k % kBlockN == 0 ? -1 : params.num_k_tiles - 1;
-  int const num_kept = tiles.count();
-  shared.barrier_q.wait(q_round & 1);
-  load_q<Traits>(shared, thread_idx, gemms);
-
-  // First kept tile: nothing in flight around it.
-  int n = tiles.next();
-  float correction[2];
-  pipeline_k.consumer_wait(state);
-  gemms.issue_qk(state.index(), tSrS0);
-  warpgroup_wait<0>();
-  pipeline_k.consumer_release(state);
-  if (n == partial_tile) mask_partial_tile<kBlockN>(tSrS0, n, partial_tile, params.seqlen_k, lane);
-  softmax.step(tSrS0, correction);
-  skip.vote(n, softmax, lane);
-  skip.record_gap(n, softmax, lane);
-  convert_fragment_into(tSrS0, rP);
-  auto state_v = state;
-  ++state;
-  int prev = n;
-  if (num_kept > 1) {
-    n = tiles.next();
-    pipeline_k.consumer_wait(state);
-    gemms.issue_qk(state.index(), tSrS1);
-
-    // One step: S(n) (in `cur`, in flight) through the softmax; `kNext` issues S(next) into `nxt` beside PV(prev).
-    auto step = [&](auto& cur, auto& nxt, auto has_next) {
-      constexpr bool kNext = decltype(has_next)::value;
-      auto state_next = state;
-      ++state_next;
-      int next = -1;
-      pipeline_v.consumer_wait(state_v);
-      if constexpr (kNext) pipeline_k.consumer_wait(state_next);
-      gemms.issue_pv(tOrP, state_v.index(), tOrO);
-      if constexpr (kNext) {
-        next = tiles.next();
-        gemms.issue_qk(state_next.index(), nxt);
-        warpgroup_wait<2>();  // S(n) landed; PV(prev) and S(next) may still run
-      } else {
-        warpgroup_wait<1>();
-      }
-      pipeline_k.consumer_release(state);
-      if constexpr (!kNext) mask_partial_tile<kBlockN>(cur, n, partial_tile, params.seqlen_k, lane);
-      softmax.step<kPin0, kPin1>(cur, correction);
-      bool const needs = skip.row_needs(softmax);
-      if constexpr (kPin0 != 0 && kPin1 != 0) {
-        asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(sink_addr), "f"(softmax.pinned_sum[0]),
-                     "f"(softmax.pinned_sum[1]) : "memory");
-      } else if constexpr (kPin0 != 0 || kPin1 != 0) {
-        asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(sink_addr), "f"(softmax.pinned_sum[kPin0 != 0 ? 0 : 1])
-                     : "memory");
-      }
-      if constexpr (kNext) {
-        warpgroup_wait<1>();  // PV(prev) done: O and P free; S(next) may still run
-      } else {
-        warpgroup_wait<0>();
-      }
-      pipeline_v.consumer_release(state_v);
-      skip.commit(n, needs, lane);
-      skip.record_gap(n, softmax, lane);
-      convert_fragment_into(cur, rP);
-      rescale_o(tOrO, correction);
-      ++state_v;
-      state = state_next;
-      prev = n;
-      n = next;
-    };
-    // Tile i (i >= 1) sits in buffer i % 2.
-    int i = 1;
-    for (; i + 2 < num_kept; i += 2) {
-      step(tSrS1, tSrS0, cute::true_type{});
-      step(tSrS0, tSrS1, cute::true_type{});
-    }
-    if (i + 1 < num_kept) {
-      step(tSrS1, tSrS0, cute::true_type{});
-      step(tSrS0, tSrS1, cute::false_type{});
-    } else {
-      step(tSrS1, tSrS0, cute::false_type{});
-    }
-  }
-  (void)prev;
-  // The last kept tile's PV.
-  pipeline_v.consumer_wait(state_v);
-  gemms.issue_pv(tOrP, state_v.index(), tOrO);
-  warpgroup_wait<0>();
-  pipeline_v.consumer_release(state_v);
-  release_q(shared);
-}
-
 // The consumers' key loop of one work tile (at least one kept key tile); leaves the unnormalised O in tOrO.
 // `state` is the K/V ring position carried across work tiles; `q_round` the number of Q loads before this tile's.
 // With INT8 Q/K (Traits::TiledMmaQK accumulates s32), `scale` gives each tile's dequantisation factor and the
@@ -521,10 +404,7 @@ CUTE_DEVICE void consumer_mainloop(Params const& params, typename Traits::Shared
                                    ScoreScale const& scale = {}) {
   static_assert(!LITEATTN_PINGPONG || !Traits::kSkipState || Traits::kNumMmaWarpgroups < kSkipBarrierId,
                 "the ping-pong barriers 1..W would collide with the skip test's named barrier");
-  if constexpr (LITEATTN_DEEP && Traits::kSkipState && Traits::kHeadDim == 64 && std::is_same_v<ScoreScale, ExactScores>) {
-    consumer_mainloop_deep<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO, softmax, skip,
-                                   state, q_round, scale);
-  } else if constexpr (overlapped_loop<Traits>()) {
+  if constexpr (overlapped_loop<Traits>()) {
     consumer_mainloop_overlap<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO, softmax, skip,
                                       state, q_round, scale);
   } else {
