@@ -22,9 +22,9 @@
 #ifndef LITEATTN_STAGES_D64
 #define LITEATTN_STAGES_D64 4
 #endif
-// Consumer loop schedule at head dims up to 128: 1 (default) issues S(n) with PV(previous tile) and hides the softmax
-// under that PV (consumer_mainloop_overlap), the producer loading K one tile ahead of V; 0 runs each tile's S,
-// softmax and PV in turn (consumer_mainloop_serial).
+// Consumer loop schedule at head dims up to 128: 1 (default) issues S(n) with PV(previous tile) and hides the
+// softmax under that PV (consumer_mainloop_overlap), the producer loading K one tile ahead of V; 0 runs each tile's
+// S, softmax and PV in turn (consumer_mainloop_serial).
 #ifndef LITEATTN_OVERLAP
 #define LITEATTN_OVERLAP 1
 #endif
