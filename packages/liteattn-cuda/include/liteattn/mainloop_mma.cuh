@@ -272,14 +272,9 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
 #ifndef LITEATTN_DENSE_PIN_ROW1
 #define LITEATTN_DENSE_PIN_ROW1 0
 #endif
-#ifndef LITEATTN_INT8_SPLIT
-#define LITEATTN_INT8_SPLIT 0
-#endif
-template <class T, class = void> struct is_int8_traits : std::false_type {};
-template <class T> struct is_int8_traits<T, std::void_t<typename T::ElementAccumQK>> : std::true_type {};
 template <class Traits>
 constexpr int pinned_exp2s(int row) {
-  if (Traits::kSkipState && Traits::kHeadDim == 128 && !(LITEATTN_INT8_SPLIT && is_int8_traits<Traits>::value)) return -1;
+  if (Traits::kSkipState && Traits::kHeadDim == 128) return -1;
   return row == 0 ? LITEATTN_DENSE_PIN_ROW0 : LITEATTN_DENSE_PIN_ROW1;
 }
 

@@ -22,13 +22,6 @@ CUTE_DEVICE int acc_tile_row(int thread_idx) {
   return (thread_idx / 128) * 64 + ((thread_idx % 128) / 32) * 16 + (thread_idx % 32) / 4;
 }
 
-#ifndef LITEATTN_MAX_CHAINS
-#define LITEATTN_MAX_CHAINS 1
-#endif
-#ifndef LITEATTN_SUM_CHAINS
-#define LITEATTN_SUM_CHAINS 1
-#endif
-
 #ifndef LITEATTN_FAST_EXP2
 #define LITEATTN_FAST_EXP2 1
 #endif
@@ -76,25 +69,9 @@ struct OnlineSoftmax {
   template <int kPin0 = -1, int kPin1 = -1, class TensorS>
   CUTE_DEVICE void step(TensorS& tSrS, float (&correction)[2], float score_factor = 1.f) {
     constexpr int N = decltype(size(tSrS))::value;
-    constexpr int kMaxChains = LITEATTN_MAX_CHAINS, kSumChains = LITEATTN_SUM_CHAINS;
-    float part_max[2][kMaxChains];
+    tile_max[0] = tile_max[1] = -INFINITY;
     CUTE_UNROLL
-    for (int r = 0; r < 2; ++r)
-      CUTE_UNROLL
-      for (int c = 0; c < kMaxChains; ++c) part_max[r][c] = -INFINITY;
-    CUTE_UNROLL
-    for (int i = 0; i < N; ++i) {
-      float& m = part_max[acc_row(i)][acc_rank_in_row(i) % kMaxChains];
-      m = fmaxf(m, tSrS(i));
-    }
-    CUTE_UNROLL
-    for (int r = 0; r < 2; ++r) {
-      CUTE_UNROLL
-      for (int w = kMaxChains / 2; w >= 1; w /= 2)
-        CUTE_UNROLL
-        for (int c = 0; c < w; ++c) part_max[r][c] = fmaxf(part_max[r][c], part_max[r][c + w]);
-      tile_max[r] = part_max[r][0];
-    }
+    for (int i = 0; i < N; ++i) tile_max[acc_row(i)] = fmaxf(tile_max[acc_row(i)], tSrS(i));
     float new_max[2];
     CUTE_UNROLL
     for (int r = 0; r < 2; ++r) {
@@ -108,33 +85,13 @@ struct OnlineSoftmax {
     }
     float const max_scaled[2] = {new_max[0] * scale_log2, new_max[1] * scale_log2};
     float const tile_scale_log2 = scale_log2 * score_factor;
-    float part_sum[2][kSumChains];
-    CUTE_UNROLL
-    for (int r = 0; r < 2; ++r) {
-      part_sum[r][0] = row_sum[r];
-      CUTE_UNROLL
-      for (int c = 1; c < kSumChains; ++c) part_sum[r][c] = 0.f;
-    }
     CUTE_UNROLL
     for (int i = 0; i < N; ++i) {
       // One FFMA + MUFU.EX2 per score; masked scores are -inf and give 0.
       float p = fast_exp2(fmaf(tSrS(i), tile_scale_log2, -max_scaled[acc_row(i)]));
       tSrS(i) = p;
-      int const r = acc_row(i);
-      part_sum[r][acc_rank_in_row(i) % kSumChains] += p;
-      if (acc_rank_in_row(i) + 1 == (r == 0 ? kPin0 : kPin1)) {
-        float t = part_sum[r][0];
-        CUTE_UNROLL
-        for (int c = 1; c < kSumChains; ++c) t += part_sum[r][c];
-        pinned_sum[r] = t;
-      }
-    }
-    CUTE_UNROLL
-    for (int r = 0; r < 2; ++r) {
-      float t = part_sum[r][0];
-      CUTE_UNROLL
-      for (int c = 1; c < kSumChains; ++c) t += part_sum[r][c];
-      row_sum[r] = t;
+      row_sum[acc_row(i)] += p;
+      if (acc_rank_in_row(i) + 1 == (acc_row(i) == 0 ? kPin0 : kPin1)) pinned_sum[acc_row(i)] = row_sum[acc_row(i)];
     }
     if (kPin0 < 0) pinned_sum[0] = row_sum[0];
     if (kPin1 < 0) pinned_sum[1] = row_sum[1];
