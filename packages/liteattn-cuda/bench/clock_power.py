@@ -3,7 +3,7 @@ either for Nsight Compute.
 
     python packages/liteattn-cuda/bench/clock_power.py clock H,S,D
     ncu --profile-from-start off --clock-control none --set full -o REPORT \\
-        python packages/liteattn-cuda/bench/clock_power.py ncu H,S,D {cuda,cuda-skip,fa3}
+        python packages/liteattn-cuda/bench/clock_power.py ncu H,S,D {cuda,cuda-skip,cuda-s50,fa3}
 
 `clock` runs each engine for 4 s, three times in turn, while `nvidia-smi` samples every 50 ms, and prints each
 phase's time per call with the mean clock and power of its samples (the first second of a phase left out). An H100
@@ -21,6 +21,8 @@ import time
 
 import torch
 
+from liteattn.skip_state import pack_keep_mask
+from liteattn.testing import random_keep_mask
 from liteattn.tiles import default_tile_shape
 from liteattn_cuda import fwd
 
@@ -28,6 +30,7 @@ QUERY = "clocks.sm,power.draw,temperature.gpu,clocks_event_reasons.active"
 
 
 def engines(H: int, S: int, D: int) -> dict:
+    """The calls both modes (and variant_timing.py) run, on one set of bf16 inputs."""
     import fa3_fwd_interface
 
     q, k, v = (torch.randn(1, S, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
@@ -36,10 +39,13 @@ def engines(H: int, S: int, D: int) -> dict:
     QT, KT = -(-S // bm), -(-S // bn)
     written = torch.empty(1, H, QT, -(-KT // 32), dtype=torch.int32, device="cuda")
     thresholds = torch.full((H,), -5.0, device="cuda")
+    half = pack_keep_mask(random_keep_mask(1, H, QT, KT, 0.5, seed=7)).cuda()
     scale = 1 / math.sqrt(D)
     return {"cuda": lambda: fwd(q, k, v, out, lse, None, scale, bm, bn, False),
             # the skip-state kernel with the skip test on and nothing skipped
             "cuda-skip": lambda: fwd(q, k, v, out, lse, None, scale, bm, bn, False, written, thresholds),
+            # a random keep mask at tile sparsity 0.5, no skip test
+            "cuda-s50": lambda: fwd(q, k, v, out, lse, half, scale, bm, bn, False),
             "fa3": lambda: fa3_fwd_interface.flash_attn_func(q, k, v)}
 
 
@@ -79,7 +85,11 @@ def sample_clocks(runs: dict, shape: str, seconds: float = 4.0) -> None:
 
 def main() -> None:
     mode, shape = sys.argv[1], sys.argv[2]
+    if mode not in ("clock", "ncu"):
+        raise SystemExit(f"mode must be clock or ncu, got {mode!r}")
     runs = engines(*(int(x) for x in shape.split(",")))
+    if mode == "ncu" and (len(sys.argv) < 4 or sys.argv[3] not in runs):
+        raise SystemExit(f"ncu mode needs an engine, one of {sorted(runs)}; got {sys.argv[3:4]}")
     for run in runs.values():  # compile and warm up outside the profiled / sampled region
         run()
     torch.cuda.synchronize()
@@ -90,8 +100,6 @@ def main() -> None:
         runs[sys.argv[3]]()
         torch.cuda.synchronize()
         torch.cuda.profiler.stop()
-    else:
-        raise SystemExit(f"mode must be clock or ncu, got {mode!r}")
 
 
 if __name__ == "__main__":

@@ -12,15 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 import torch
+from clock_power import engines
 from gpu_check import bench_ms
-
-from liteattn.skip_state import pack_keep_mask
-from liteattn.testing import random_keep_mask
-from liteattn.tiles import default_tile_shape
-from liteattn_cuda import fwd
 
 
 def main() -> None:
@@ -29,32 +24,20 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--shapes", nargs="*", default=["12,32760,128", "24,32768,128"])
     args = ap.parse_args()
-    import fa3_fwd_interface
 
     for shape in args.shapes:
         H, S, D = (int(x) for x in shape.split(","))
         torch.manual_seed(0)
-        q, k, v = (torch.randn(1, S, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-        bm, bn = default_tile_shape(D)
-        QT, KT = -(-S // bm), -(-S // bn)
-        out, lse = torch.empty_like(q), torch.empty(1, H, S, device="cuda")
-        scale = 1 / math.sqrt(D)
+        runs = engines(H, S, D)
         est = 4.0 * H * S * S * D / 600e12 * 1e3
-        written = torch.empty(1, H, QT, -(-KT // 32), dtype=torch.int32, device="cuda")
-        thresholds = torch.full((H,), -5.0, device="cuda")
-        half = pack_keep_mask(random_keep_mask(1, H, QT, KT, 0.5, seed=7)).cuda()
-        calls = {
-            "dense": (lambda: fwd(q, k, v, out, lse, None, scale, bm, bn, False), est),
-            "fa3": (lambda: fa3_fwd_interface.flash_attn_func(q, k, v), est),
-            "skip": (lambda: fwd(q, k, v, out, lse, None, scale, bm, bn, False, written, thresholds), est),
-            "s50": (lambda: fwd(q, k, v, out, lse, half, scale, bm, bn, False), est / 2),
-        }
+        calls = {"dense": (runs["cuda"], est), "fa3": (runs["fa3"], est), "skip": (runs["cuda-skip"], est),
+                 "s50": (runs["cuda-s50"], est / 2)}
         row: dict = {"v": args.name, "shape": shape}
         for _ in range(args.rounds):
             for name, (call, estimate) in calls.items():
                 row.setdefault(name, []).append(bench_ms(call, estimate, 1000.0)[0])
         print(json.dumps(row), flush=True)
-        del q, k, v, out, lse
+        del runs
         torch.cuda.empty_cache()
 
 
