@@ -75,22 +75,20 @@ def timed_back_to_back(runs) -> float:
     return start.elapsed_time(end) / len(runs)
 
 
-def all_kept_call(q, k, v, threshold: float, block_n: int | None = None) -> AttentionCall:
+def all_kept_call(q, k, v, threshold: float) -> AttentionCall:
     """A backend call that reads a keep bitmask keeping every tile and writes the next one (skip test on)."""
     (batch, q_len, heads, head_dim), k_len = q.shape, k.shape[1]
-    block_m, default_n = liteattn.default_tile_shape(head_dim)
-    block_n = block_n or default_n
+    block_m, block_n = liteattn.default_tile_shape(head_dim)
     keep = torch.ones(batch, heads, -(-q_len // block_m), -(-k_len // block_n), dtype=torch.bool)
     bits = pack_keep_mask(keep).to(q.device)
     thresholds = torch.full((heads,), threshold, dtype=torch.float32, device=q.device)
     return AttentionCall(q, k, v, head_dim ** -0.5, thresholds, block_m, block_n, bits, torch.empty_like(bits))
 
 
-def trajectory(backend, inputs, threshold, *, time_calls: bool, row_counts: list | None = None,
-               block_n: int | None = None):
+def trajectory(backend, inputs, threshold, *, time_calls: bool, row_counts: list | None = None):
     """Run every step through one skip state; per step (sparsity skipped by the call, ms, ms isolated, dense ms
     on the same inputs, ms with every tile kept), the times None without ``time_calls``."""
-    state, rows = liteattn.SkipState(block_n=block_n), []
+    state, rows = liteattn.SkipState(), []
     kwargs = dict(threshold=threshold, scale=None, must_do_list=None, must_skip_list=None, use_int8=False,
                   backend=backend)
     for q, k, v in inputs:
@@ -100,7 +98,7 @@ def trajectory(backend, inputs, threshold, *, time_calls: bool, row_counts: list
                     for c in [state.clone() for _ in range(3)]]
             ms = timed_back_to_back(runs)
             dense = timed_back_to_back([lambda q=q, k=k, v=v: liteattn.lite_attention(q, k, v, backend=backend)] * 3)
-            call = all_kept_call(q, k, v, threshold, block_n)
+            call = all_kept_call(q, k, v, threshold)
             all_kept = timed_back_to_back([lambda c=call: get_backend(backend).forward(c)] * 3)
             runs = [lambda q=q, k=k, v=v, c=c: run_attention(q, k, v, c, **kwargs)
                     for c in [state.clone() for _ in range(3)]]
@@ -122,8 +120,6 @@ def main() -> int:
     parser.add_argument("--threshold", type=float, default=-6.0)
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     parser.add_argument("--reference", action="store_true", help="also run the reference backend's trajectory")
-    parser.add_argument("--block-n", type=int, default=None, help="key tile of the skip state (default: the "
-                        "head dim's default tile)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--row-counts", default=None, help="save the kept tiles per row and step here (.npz)")
     args = parser.parse_args()
@@ -134,14 +130,13 @@ def main() -> int:
     inputs = [video_qkv(1, frames, height, width, heads=args.heads, head_dim=args.head_dim, step=t,
                         num_steps=args.steps, dtype=dtype, device=device, seed=t) for t in range(args.steps)]
     q, k, v = inputs[0]
-    # compile / load every kernel variant the run uses before any clock starts
-    warm = liteattn.SkipState(block_n=args.block_n)
+    warm = liteattn.SkipState()  # compile / load every kernel variant the run uses before any clock starts
     for _ in range(2):
         liteattn.lite_attention(q, k, v, warm, threshold=args.threshold, backend=args.backend)
     liteattn.lite_attention(q, k, v, backend=args.backend)
     dense_ms = timed_back_to_back([lambda: liteattn.lite_attention(q, k, v, backend=args.backend)] * 5)
     counts = [] if args.row_counts else None
-    ours = trajectory(args.backend, inputs, args.threshold, time_calls=True, row_counts=counts, block_n=args.block_n)
+    ours = trajectory(args.backend, inputs, args.threshold, time_calls=True, row_counts=counts)
     if counts is not None:
         import numpy as np
 
@@ -149,8 +144,7 @@ def main() -> int:
     reference = None
     if args.reference:
         as_fp32 = [tuple(x.float() for x in step) for step in inputs]
-        reference = [row[0] for row in trajectory("reference", as_fp32, args.threshold, time_calls=False,
-                                                  block_n=args.block_n)]
+        reference = [row[0] for row in trajectory("reference", as_fp32, args.threshold, time_calls=False)]
 
     total = sum(row[1] for row in ours)
     total_isolated = sum(row[2] for row in ours)
@@ -180,7 +174,7 @@ def main() -> int:
     if args.json:
         meta = {"date": str(datetime.date.today()), "device": torch.cuda.get_device_name() if device == "cuda"
                 else "cpu", "torch": torch.__version__, "backend": args.backend, "tokens": frames * height * width,
-                "heads": args.heads, "head_dim": args.head_dim, "block_n": args.block_n, "threshold": args.threshold, "dtype": args.dtype,
+                "heads": args.heads, "head_dim": args.head_dim, "threshold": args.threshold, "dtype": args.dtype,
                 "steps": args.steps}
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "summary": summary, "steps": steps}, f, indent=1)

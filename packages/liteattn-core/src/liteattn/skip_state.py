@@ -89,8 +89,8 @@ class SkipState:
 
     def __init__(self, block_m: int | None = None, block_n: int | None = None):
         for name, value in (("block_m", block_m), ("block_n", block_n)):
-            if value is not None and (value < 16 or value % 16):
-                raise ValueError(f"{name} must be a multiple of 16 (>= 16); got {value}")
+            if value is not None and (value < 16 or value & (value - 1)):
+                raise ValueError(f"{name} must be a power of two >= 16; got {value}")
         self._requested_blocks = (block_m, block_n)
         self.block_m: int | None = block_m
         self.block_n: int | None = block_n

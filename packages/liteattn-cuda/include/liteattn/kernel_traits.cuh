@@ -77,9 +77,7 @@ struct KernelTraits {
   // registers once per work tile instead (RS wgmma, D/4 registers per thread): 1-2% on an H100 for the
   // skip-state kernels (bench/NOTES-cuda.md, seventh round). The 176-key dense tile and head dim 256 (O alone is
   // 128 registers) have no registers to spare: both spilled.
-  static constexpr bool kQInRegisters = LITEATTN_Q_IN_REGISTERS && kSkipState && kHeadDim <= 128 && kBlockN <= 128;
-  // Longest keep row (words of 32 key tiles) the shared-memory rows hold: 176-key tiles need the room for K and V.
-  static constexpr int kMaxRowWords = kBlockN > 128 ? kMaxSkipWords / 2 : kMaxSkipWords;
+  static constexpr bool kQInRegisters = LITEATTN_Q_IN_REGISTERS && kSkipState && kHeadDim <= 128;
   using MmaQKOp = std::conditional_t<kQInRegisters,
                                      decltype(SM90::GMMA::rs_op_selector<Element, Element, ElementAccum, TileShapeMNK>()),
                                      decltype(SM90::GMMA::ss_op_selector<Element, Element, ElementAccum, TileShapeMNK>())>;
@@ -127,7 +125,7 @@ struct KernelTraits {
     alignas(16) uint32_t skip_words[kMaxSkipWords];            // this CTA's write_bits row while the loop runs
     alignas(16) uint32_t keep_words_producer[kMaxSkipWords];  // the producer's copy of this work tile's keep row
     // The consumers' list of kept tiles (KeptTileList, kernels with a skip state) and its per-warp counts.
-    alignas(16) int16_t kept_list[kSkipState ? kMaxRowWords * 32 + 2 : 1];
+    alignas(16) int16_t kept_list[kSkipState ? kMaxSkipWords * 32 + 2 : 1];
     int kept_warp_counts[kNumMmaThreads / 32];
     alignas(16) cutlass::arch::ClusterTransactionBarrier barrier_q;  // Q landed (one phase per loaded tile)
     cutlass::arch::ClusterBarrier barrier_q_empty;  // every consumer thread is done with Q (one phase per tile)
@@ -172,9 +170,6 @@ template <> struct DefaultGeometry<256> { static constexpr int kBlockM = 128, kB
 #endif
 
 template <int kHeadDim> struct DenseGeometry : DefaultGeometry<kHeadDim> {};
-// Skip state counted in 128 x 176 tiles at head dim 128 (the dense kernel's key tile), when a call asks for it.
-template <int kHeadDim> struct WideSkipGeometry : DefaultGeometry<kHeadDim> {};
-template <> struct WideSkipGeometry<128> { static constexpr int kBlockM = 128, kBlockN = 176, kStages = 2; };
 template <> struct DenseGeometry<128> {
   static constexpr int kBlockM = 128, kBlockN = LITEATTN_DENSE_BLOCK_N_D128, kStages = 2;
 };

@@ -64,7 +64,7 @@ int launch_fwd(FwdArgs const& args, cudaStream_t stream) {
 
   // Kernels with a skip state list the kept tiles of a row (all of them without compute_bits) and stage the
   // skip-test row in shared memory: kMaxSkipWords words, 8192 key tiles.
-  if (Traits::kSkipState && params.num_words > Traits::kMaxRowWords) return -2;
+  if (Traits::kSkipState && params.num_words > kMaxSkipWords) return -2;
   auto kernel = &fwd_kernel_sm90<Traits>;
   constexpr int smem = Traits::kSmemBytes;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
@@ -124,12 +124,6 @@ template <class Element, int kHeadDim>
 int run_fwd_hdim(FwdArgs const& args, cudaStream_t stream) {
   using Geometry = DefaultGeometry<kHeadDim>;
   using Traits = KernelTraits<kHeadDim, Geometry::kBlockM, Geometry::kBlockN, Geometry::kStages, Element>;
-  using Wide = WideSkipGeometry<kHeadDim>;
-  if constexpr (Wide::kBlockN != Geometry::kBlockN) {
-    if (args.block_m == Wide::kBlockM && args.block_n == Wide::kBlockN) {
-      return launch_fwd<KernelTraits<kHeadDim, Wide::kBlockM, Wide::kBlockN, Wide::kStages, Element>>(args, stream);
-    }
-  }
   if (args.block_m != Traits::kBlockM || args.block_n != Traits::kBlockN) return -1;
   using Dense = DenseGeometry<kHeadDim>;
   if constexpr (Dense::kBlockN != Geometry::kBlockN || Dense::kBlockM != Geometry::kBlockM) {

@@ -272,12 +272,9 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
 #ifndef LITEATTN_DENSE_PIN_ROW1
 #define LITEATTN_DENSE_PIN_ROW1 0
 #endif
-#ifndef LITEATTN_PIN_OTHER_MAX
-#define LITEATTN_PIN_OTHER_MAX 1
-#endif
 template <class Traits>
 constexpr int pinned_exp2s(int row) {
-  if (Traits::kSkipState && Traits::kHeadDim == 128 && Traits::kBlockN == 128) return -1;
+  if (Traits::kSkipState && Traits::kHeadDim == 128) return -1;
   return row == 0 ? LITEATTN_DENSE_PIN_ROW0 : LITEATTN_DENSE_PIN_ROW1;
 }
 
@@ -359,12 +356,6 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
     if constexpr (kPin0 != 0 && kPin1 != 0) {
       asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(sink_addr), "f"(softmax.pinned_sum[0]),
                    "f"(softmax.pinned_sum[1]) : "memory");
-    } else if constexpr ((kPin0 != 0 || kPin1 != 0) && LITEATTN_PIN_OTHER_MAX) {
-      // The other row's running max goes along: its row-max chain then runs under the PV wgmma too, and only its
-      // exp2's wait for the PV wait.
-      constexpr int kPinned = kPin0 != 0 ? 0 : 1;
-      asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(sink_addr), "f"(softmax.pinned_sum[kPinned]),
-                   "f"(softmax.row_max[1 - kPinned]) : "memory");
     } else if constexpr (kPin0 != 0 || kPin1 != 0) {
       asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(sink_addr), "f"(softmax.pinned_sum[kPin0 != 0 ? 0 : 1])
                    : "memory");

@@ -18,21 +18,6 @@ MAX_ROW_WORDS = 256  # kMaxSkipWords in include/liteattn/skip_test.cuh: keep row
 # Head dims whose dense calls run a kernel without a skip state (DenseGeometry in include/liteattn/kernel_traits.cuh);
 # at the others a dense call runs the skip-state kernel.
 DENSE_KERNEL_HEAD_DIMS = frozenset({64, 128})
-# Skip-state tiles besides the default: 128 x 176 at head dim 128, the dense kernel's tile (WideSkipGeometry).
-WIDE_TILE_SHAPES = {128: (128, 176)}
-
-
-def tile_shapes(head_dim: int, use_int8: bool = False) -> set[tuple[int, int]]:
-    """The (block_m, block_n) the kernels are compiled for at ``head_dim``."""
-    shapes = {default_tile_shape(head_dim)}
-    if head_dim in WIDE_TILE_SHAPES and not use_int8:
-        shapes.add(WIDE_TILE_SHAPES[head_dim])
-    return shapes
-
-
-def max_row_words(block_n: int) -> int:
-    """Keep-row words (32 key tiles each) a skip-state kernel holds in shared memory (KernelTraits::kMaxRowWords)."""
-    return MAX_ROW_WORDS // 2 if block_n > 128 else MAX_ROW_WORDS
 
 
 class CudaBackend:
@@ -79,13 +64,9 @@ class CudaBackend:
             return f"head dim {q.shape[-1]} not in {sorted(HEAD_DIMS)}"
         if v.shape[-1] != q.shape[-1]:
             return f"v head dim {v.shape[-1]} != q head dim {q.shape[-1]}"
-        shapes = tile_shapes(q.shape[-1], call.use_int8)
-        if (call.block_m, call.block_n) not in shapes:
-            return (f"tile shape ({call.block_m}, {call.block_n}) unsupported: the kernels are compiled for "
-                    f"{sorted(shapes)} at head dim {q.shape[-1]}")
-        if skip_state_kernel and -(-call.k_tiles // 32) > max_row_words(call.block_n):
-            return (f"more than {max_row_words(call.block_n) * 32} key tiles of {call.block_n} keys are supported "
-                    f"with a skip state, tile gaps or int8 Q/K")
+        if (call.block_m, call.block_n) != default_tile_shape(q.shape[-1]):
+            return (f"tile shape ({call.block_m}, {call.block_n}) unsupported: the kernel is compiled for "
+                    f"{default_tile_shape(q.shape[-1])} at head dim {q.shape[-1]}")
         if q.device.type != "cuda" or k.device != q.device or v.device != q.device:
             return "q, k, v must be on one CUDA device"
         for name, t in (("q", q), ("k", k), ("v", v)):
