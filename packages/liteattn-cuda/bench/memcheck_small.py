@@ -4,7 +4,8 @@ head dims 128, 64, 256 and the INT8 Q/K kernel at 128 and 64; each 16-bit case e
 state: the dense geometry where a head dim has one); a last case has more work tiles than an SM count,
 so that in a persistent build (LITEATTN_PERSISTENT=1) every CTA carries its K/V ring and Q barriers from one work
 tile to the next. Last, dense calls long enough in keys that the kernel splits their work tiles by key range
-(tail_split.h) and merges the pieces."""
+(tail_split.h) and merges the pieces, at head dims 128, 64 (dense geometry) and 256 (the skip-state kernel), each
+beside a call reading a keep bitmask with an empty row (never split)."""
 import math
 
 import torch
@@ -46,12 +47,17 @@ for D, dt, int8, B in cases:
     torch.cuda.synchronize()
     print("sanitizer case ok", D, dt, "int8" if int8 else "16-bit", "batch", B, bool(torch.isfinite(out).all()))
 
-for D, dt in ((128, torch.bfloat16), (64, torch.float16)):  # fewer work tiles than SMs, >= 8 key tiles each
+for D, dt in ((128, torch.bfloat16), (64, torch.float16), (256, torch.bfloat16)):  # fewer work tiles than SMs
+    bn = 64 if D > 128 else 128
     q = torch.randn(2, 300, 4, D, device="cuda", dtype=dt)
     k = torch.randn(2, 3000, 2, D, device="cuda", dtype=dt)
     v = torch.randn(2, 3000, 2, D, device="cuda", dtype=dt)
-    out = torch.empty_like(q)
-    lse = torch.empty(2, 4, 300, device="cuda")
-    _ops.fwd(q, k, v, out, lse, None, 1 / math.sqrt(D), 128, 128, True)
-    torch.cuda.synchronize()
-    print("sanitizer case ok", D, dt, "dense, last wave split by keys", bool(torch.isfinite(out).all()))
+    keep = torch.rand(2, 4, 3, -(-3000 // bn)) < 0.4
+    keep[0, 0, 0] = False  # a work tile with no kept key tile: all its pieces are empty
+    for bits in (None, pack_keep_mask(keep).cuda()):
+        out = torch.empty_like(q)
+        lse = torch.empty(2, 4, 300, device="cuda")
+        _ops.fwd(q, k, v, out, lse, bits, 1 / math.sqrt(D), 128, bn, True)
+        torch.cuda.synchronize()
+        print("sanitizer case ok", D, dt, "dense, last wave split by keys" if bits is None else "keep bitmask",
+              bool(torch.isfinite(out).all()))

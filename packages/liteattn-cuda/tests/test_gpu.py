@@ -72,12 +72,15 @@ def test_parity(case):
 
 
 # Dense calls whose last wave the kernel splits by keys (include/liteattn/tail_split.h): (B, Sq, Sk, H, Hkv, D,
-# dtype, reverse), with more work tiles than an H100 has SMs, the last partial wave small enough to split.
+# dtype, reverse), with more work tiles than an H100 has SMs, the last partial wave small enough to split. Head dims
+# 64 and 128 run the dense geometry, 256 the skip-state kernel without a keep bitmask.
 TAIL_SPLIT_CASES = [
     (1, 5120, 4096, 4, 2, 128, torch.bfloat16, False),
     (1, 5000, 4001, 4, 4, 128, torch.float16, True),
     (1, 7600, 4000, 4, 1, 64, torch.bfloat16, False),
     (2, 3840, 3000, 4, 2, 64, torch.float16, True),
+    (1, 4300, 2000, 4, 2, 256, torch.bfloat16, False),
+    (1, 4300, 2001, 4, 4, 256, torch.float16, True),
 ]
 DENSE_TILES = {128: (128, 176), 64: (192, 128)}  # DenseGeometry in include/liteattn/kernel_traits.cuh
 
@@ -101,13 +104,13 @@ def test_dense_tail_split_merges_to_the_unsplit_result(case, monkeypatch):
     monkeypatch.setenv("LITEATTN_CUDA_TAIL_SPLIT", "0")
     whole_out, whole_lse = backend.forward(call)
 
-    dense_m, dense_n = DENSE_TILES[D]
-    q_tiles = -(-Sq // dense_m)
+    kernel_m, kernel_n = DENSE_TILES.get(D, (bm, bn))
+    q_tiles = -(-Sq // kernel_m)
     sms = torch.cuda.get_device_properties(q.device).multi_processor_count
-    num_whole, splits = _tail_split_plan(B * H * q_tiles, -(-Sk // dense_n), sms)
+    num_whole, splits = _tail_split_plan(B * H * q_tiles, -(-Sk // kernel_n), sms)
     assert splits > 1, "the case must exercise a split on this GPU"
     # Work tile t = (b * H + h) * QT + m; per (b, h) the rows of its split tiles.
-    tile_of_row = (torch.arange(B * H).view(B, H, 1) * q_tiles + torch.arange(Sq).view(1, 1, Sq) // dense_m).cuda()
+    tile_of_row = (torch.arange(B * H).view(B, H, 1) * q_tiles + torch.arange(Sq).view(1, 1, Sq) // kernel_m).cuda()
     split_rows = tile_of_row >= num_whole  # (B, H, Sq)
     rows_bshd = split_rows.permute(0, 2, 1)  # (B, Sq, H)
     assert torch.equal(split_out[~rows_bshd], whole_out[~rows_bshd])
@@ -120,6 +123,25 @@ def test_dense_tail_split_merges_to_the_unsplit_result(case, monkeypatch):
     low_out, _ = masked_attention(q, k, v, call.scale, None, upcast=False)
     assert_parity("out", split_out, low_out, gold_out)
     assert_lse_close(split_lse, gold_lse)
+
+
+@pytest.mark.parametrize("writes_state", [False, True], ids=["keep-bitmask", "skip-state"])
+def test_sparse_calls_never_split(writes_state, monkeypatch):
+    """Calls that read a keep bitmask, with or without the skip test, run whole work tiles (a skip test needs each
+    row's keys in one visit order; a bitmask alone measured no faster split): outputs, LSE and written bits do not
+    depend on the tail split, on a shape whose dense call splits."""
+    case = (1, 5000, 4001, 4, 2, 128, torch.bfloat16, None, False)
+    backend, q, k, v = _backend_and_inputs(case, seed=6)
+    bm, bn = default_tile_shape(128)
+    keep = pack_keep_mask(random_keep_mask(1, 4, -(-5000 // bm), -(-4001 // bn), 0.5, seed=7)).cuda()
+    results = []
+    for split in ("1", "0"):
+        monkeypatch.setenv("LITEATTN_CUDA_TAIL_SPLIT", split)
+        written = torch.zeros_like(keep) if writes_state else None
+        call = AttentionCall(q, k, v, 128 ** -0.5, torch.full((4,), -6.0, device="cuda"), bm, bn, keep, written)
+        results.append((*backend.forward(call), written))
+    for a, b in zip(*results):
+        assert (a is None and b is None) or torch.equal(a, b)
 
 
 def _skip_case(case, seed):

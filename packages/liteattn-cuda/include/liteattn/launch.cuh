@@ -20,6 +20,12 @@ inline TailSplit tail_split_on_device(int num_work_tiles, int num_k_tiles) {
   return sms > 0 ? plan_tail_split(num_work_tiles, num_k_tiles, sms) : whole;
 }
 
+// A call that neither reads nor writes a skip state (nor asks for tile gaps) is free to use key tiles of any
+// width: it runs the dense geometry, whose wider tiles cut the per-tile fixed cost of the key loop.
+inline bool is_dense_call(FwdArgs const& args) {
+  return args.compute_bits == nullptr && args.write_bits == nullptr && args.tile_gaps == nullptr;
+}
+
 // Launches one kernel instantiation; the caller has checked that Traits fits the call.
 template <class Traits>
 int launch_fwd(FwdArgs const& args, cudaStream_t stream) {
@@ -71,7 +77,9 @@ int launch_fwd(FwdArgs const& args, cudaStream_t stream) {
   if (err != cudaSuccess) return int(err);
   if (params.num_work_tiles == 0) return 0;
   params.split = TailSplit{params.num_work_tiles, 1};
-  if constexpr (!Traits::kSkipState) {  // a skip test needs the whole row of keys: skip-state kernels never split
+  // Only dense calls split: a skip test (or tile gaps) needs each row's keys in one visit order, and calls that
+  // read a keep bitmask measured no faster split (bench/NOTES-cuda.md, fifteenth round).
+  if (is_dense_call(args)) {
     TailSplit const split = tail_split_on_device(params.num_work_tiles, params.num_k_tiles);
     if (args.split_workspace != nullptr &&
         tail_split_workspace_floats(split, params.num_work_tiles, Traits::kBlockM, kHeadDim) <=
@@ -86,38 +94,26 @@ int launch_fwd(FwdArgs const& args, cudaStream_t stream) {
   int const grid = work_grid_size(params.num_work_items);
   if (grid < 0) return -grid;
   kernel<<<grid, Traits::kNumThreads, smem, stream>>>(params);
-  if constexpr (!Traits::kSkipState) {
-    if (pieces > 0) {
-      TailCombineParams const combine{params.split_o,      params.split_lse,       params.out,
-                                      params.out_stride_b, params.out_stride_s,    params.out_stride_h,
-                                      params.lse,          params.seqlen_q,        params.num_heads,
-                                      params.num_q_tiles,  params.split.num_whole, params.split.num_splits};
-      tail_combine_kernel<Element, Traits::kBlockM, kHeadDim>
-          <<<params.num_work_tiles - params.split.num_whole, 256, 0, stream>>>(combine);
-    }
+  if (pieces > 0) {
+    TailCombineParams const combine{params.split_o,      params.split_lse,       params.out,
+                                    params.out_stride_b, params.out_stride_s,    params.out_stride_h,
+                                    params.lse,          params.seqlen_q,        params.num_heads,
+                                    params.num_q_tiles,  params.split.num_whole, params.split.num_splits};
+    tail_combine_kernel<Element, Traits::kBlockM, kHeadDim>
+        <<<params.num_work_tiles - params.split.num_whole, 256, 0, stream>>>(combine);
   }
   return int(cudaGetLastError());
 }
 
-// A call that neither reads nor writes a skip state (nor asks for tile gaps) is free to use key tiles of any
-// width: it runs the dense geometry, whose wider tiles cut the per-tile fixed cost of the key loop.
-inline bool is_dense_call(FwdArgs const& args) {
-  return args.compute_bits == nullptr && args.write_bits == nullptr && args.tile_gaps == nullptr;
-}
-
-// fp32 floats of the workspace a call's tail split needs (0: the call runs without one).
+// fp32 floats of the workspace a call's tail split needs (0: the call runs without one). Dense calls run the dense
+// geometry (which at head dim 256 is the skip-state kernel's).
 template <class Element, int kHeadDim>
 int64_t split_workspace_floats_hdim(FwdArgs const& args) {
-  using Geometry = DefaultGeometry<kHeadDim>;
+  if (!is_dense_call(args)) return 0;
   using Dense = DenseGeometry<kHeadDim>;
-  if constexpr (Dense::kBlockN != Geometry::kBlockN || Dense::kBlockM != Geometry::kBlockM) {
-    if (!is_dense_call(args)) return 0;
-    int const tiles = args.batch * args.num_heads * ((args.seqlen_q + Dense::kBlockM - 1) / Dense::kBlockM);
-    TailSplit const split = tail_split_on_device(tiles, (args.seqlen_k + Dense::kBlockN - 1) / Dense::kBlockN);
-    return tail_split_workspace_floats(split, tiles, Dense::kBlockM, kHeadDim);
-  } else {
-    return 0;  // dense calls at this head dim run the skip-state kernel, whose work tiles are never split
-  }
+  int const tiles = args.batch * args.num_heads * ((args.seqlen_q + Dense::kBlockM - 1) / Dense::kBlockM);
+  TailSplit const split = tail_split_on_device(tiles, (args.seqlen_k + Dense::kBlockN - 1) / Dense::kBlockN);
+  return tail_split_workspace_floats(split, tiles, Dense::kBlockM, kHeadDim);
 }
 
 template <class Element, int kHeadDim>

@@ -80,29 +80,32 @@ inline int work_grid_size(int num_work_items) {
   return sms < num_work_items ? sms : num_work_items;
 }
 
-// Word w of a keep row with the bits past the row's last key tile (num_tiles) cleared.
-CUTE_DEVICE uint32_t keep_word_bits(uint32_t bits, int w, int num_tiles) {
-  int const valid = num_tiles - w * 32;  // bits of this word that name real tiles
-  return valid < 32 ? bits & ((1u << valid) - 1u) : bits;
+// Word w of a keep row with only the bits of key tiles [begin, end) left: a work item's range (the whole row, or one
+// piece of a split tile), and never the bits past the row's last key tile.
+CUTE_DEVICE uint32_t keep_word_bits(uint32_t bits, int w, int begin, int end) {
+  int const lo = begin - w * 32, hi = end - w * 32;  // the range in this word's bit positions
+  uint32_t const below_hi = hi >= 32 ? 0xffffffffu : hi <= 0 ? 0u : (1u << hi) - 1u;
+  uint32_t const from_lo = lo <= 0 ? 0xffffffffu : lo >= 32 ? 0u : ~((1u << lo) - 1u);
+  return bits & below_hi & from_lo;
 }
 
 // The producer's walk: the set bits of one (b, h, query-tile) row of the keep bitmask, ascending or descending, in
 // its own shared-memory copy of the row (stage_keep_row). One thread running ahead of the consumers can afford
 // the branches; the consumers walk KeptTileList instead.
 struct KeptTileIterator {
-  uint32_t const* words;  // W words in shared memory, or nullptr = every tile kept
-  int num_words;
-  int num_tiles;         // KT: bits >= KT are ignored
+  uint32_t const* words;  // the row's words in shared memory, or nullptr = every tile kept
+  int begin, end;         // the work item's key tiles: other bits are ignored
+  int num_words;          // words up to the one holding tile end - 1
   bool reverse;
   int word_idx;
   uint32_t cur;
 
   CUTE_DEVICE uint32_t load_word(int w) const {
-    return keep_word_bits(words == nullptr ? 0xffffffffu : words[w], w, num_tiles);
+    return keep_word_bits(words == nullptr ? 0xffffffffu : words[w], w, begin, end);
   }
 
-  CUTE_DEVICE KeptTileIterator(uint32_t const* words_, int num_tiles_, bool reverse_)
-      : words(words_), num_words((num_tiles_ + 31) / 32), num_tiles(num_tiles_), reverse(reverse_) {
+  CUTE_DEVICE KeptTileIterator(uint32_t const* words_, int begin_, int end_, bool reverse_)
+      : words(words_), begin(begin_), end(end_), num_words((end_ + 31) / 32), reverse(reverse_) {
     word_idx = reverse ? num_words - 1 : 0;
     cur = num_words > 0 ? load_word(word_idx) : 0u;
   }

@@ -27,25 +27,26 @@ CUTE_DEVICE uint32_t const* stage_keep_row(Params const& params, int tile, uint3
 template <class Traits, class Params>
 CUTE_DEVICE auto producer_tile_iterator(Params const& params, WorkTile const& work, uint32_t const* staged_row) {
   if constexpr (Traits::kSkipState) {
-    return KeptTileIterator(staged_row, params.num_k_tiles, params.reverse);
+    return KeptTileIterator(staged_row, work.k_begin, work.k_end, params.reverse);
   } else {
     return DenseTileIterator(work.k_begin, work.k_end, params.reverse);
   }
 }
 
-// Every consumer thread: lists the kept key tiles of work tile `tile` (its keep row, or every tile without one)
-// in shared memory for KeptTileList, one keep word per thread: a popcount, a warp scan and the warps' totals give
-// each word's place in the list. Returns the number of kept tiles.
+// Every consumer thread: lists the kept key tiles of work item `work` (those of its keep row, or all, in its key
+// range) in shared memory for KeptTileList, one keep word per thread: a popcount, a warp scan and the warps'
+// totals give each word's place in the list. Returns the number of kept tiles.
 template <int kNumMmaThreads, class Params>
-CUTE_DEVICE int list_kept_tiles(Params const& params, int tile, int16_t* list, int* warp_counts, int thread_idx) {
+CUTE_DEVICE int list_kept_tiles(Params const& params, WorkTile const& work, int16_t* list, int* warp_counts,
+                                int thread_idx) {
   static_assert(kNumMmaThreads >= kMaxSkipWords, "one keep word per consumer thread");
   int const lane = thread_idx % 32, warp = thread_idx / 32;
   uint32_t bits = 0u;
   if (thread_idx < params.num_words) {
     bits = keep_word_bits(params.compute_bits == nullptr
                               ? 0xffffffffu
-                              : uint32_t(__ldg(params.compute_bits + int64_t(tile) * params.num_words + thread_idx)),
-                          thread_idx, params.num_k_tiles);
+                              : uint32_t(__ldg(params.compute_bits + int64_t(work.tile) * params.num_words + thread_idx)),
+                          thread_idx, work.k_begin, work.k_end);
   }
   int const count = __popc(bits);
   int inclusive = count;
@@ -80,7 +81,7 @@ template <class Traits, class Params>
 CUTE_DEVICE auto consumer_tile_iterator(Params const& params, typename Traits::SharedStorage& shared,
                                         WorkTile const& work, int thread_idx) {
   if constexpr (Traits::kSkipState) {
-    int const kept = list_kept_tiles<Traits::kNumMmaThreads>(params, work.tile, shared.kept_list,
+    int const kept = list_kept_tiles<Traits::kNumMmaThreads>(params, work, shared.kept_list,
                                                               shared.kept_warp_counts, thread_idx);
     return KeptTileList(shared.kept_list, kept, params.reverse);
   } else {
