@@ -43,10 +43,11 @@ CUTE_DEVICE int list_kept_tiles(Params const& params, WorkTile const& work, int1
   int const lane = thread_idx % 32, warp = thread_idx / 32;
   uint32_t bits = 0u;
   if (thread_idx < params.num_words) {
-    bits = keep_word_bits(params.compute_bits == nullptr
-                              ? 0xffffffffu
-                              : uint32_t(__ldg(params.compute_bits + int64_t(work.tile) * params.num_words + thread_idx)),
-                          thread_idx, work.k_begin, work.k_end);
+    uint32_t const word =
+        params.compute_bits == nullptr
+            ? 0xffffffffu
+            : uint32_t(__ldg(params.compute_bits + int64_t(work.tile) * params.num_words + thread_idx));
+    bits = keep_word_bits(word, thread_idx, work.k_begin, work.k_end);
   }
   int const count = __popc(bits);
   int inclusive = count;
