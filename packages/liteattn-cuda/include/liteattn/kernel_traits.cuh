@@ -59,9 +59,10 @@ struct KernelTraits {
   static constexpr int kNumMmaWarpgroups = kBlockM / 64;
   static constexpr int kNumMmaThreads = kNumMmaWarpgroups * 128;
   static constexpr int kNumThreads = kNumMmaThreads + 128;
-  // Register split: the producer needs almost none, the consumers hold S (BN/2 fp32) and O (D/2 fp32) each.
+  // Register split: the producer needs almost none, the consumers hold S (BN/2 fp32) and O (D/2 fp32) each. Four
+  // consumer warpgroups (256-row tiles, development builds only) get what 640 threads leave: 112.
   static constexpr int kProducerRegs = 24;
-  static constexpr int kConsumerRegs = kNumMmaWarpgroups == 2 ? 240 : 160;
+  static constexpr int kConsumerRegs = kNumMmaWarpgroups == 2 ? 240 : kNumMmaWarpgroups == 3 ? 160 : 112;
   static_assert(register_split_fits(kNumThreads, kNumMmaThreads, kProducerRegs, kConsumerRegs),
                 "the register split exceeds the CTA's registers");
 
@@ -161,9 +162,17 @@ template <> struct DefaultGeometry<256> { static constexpr int kBlockM = 128, kB
 // wgmma pipeline's fill), measured on an H100 (bench/NOTES-cuda.md, sixth round):
 // - head dim 128: 176-key tiles (S: 88 fp32 registers per thread, still beside O and P in 240; 2 K/V stages in
 //   227 KB), 11% faster than 128;
-// - head dim 64: 192-row query tiles (3 consumer warpgroups at 160 registers), 27% faster than 128.
+// - head dim 64: 192-row query tiles (3 consumer warpgroups at 160 registers), 27% faster than 128; 256 x 64 tiles
+//   (four warpgroups at 112 registers, which a 128-key S does not fit) measured 5-8% slower than 192 x 128
+//   (sixteenth round). The BLOCK/STAGES knobs below build those variants for measurements.
 #ifndef LITEATTN_DENSE_BLOCK_N_D128
 #define LITEATTN_DENSE_BLOCK_N_D128 176
+#endif
+#ifndef LITEATTN_DENSE_BLOCK_N_D64
+#define LITEATTN_DENSE_BLOCK_N_D64 128
+#endif
+#ifndef LITEATTN_DENSE_STAGES_D64
+#define LITEATTN_DENSE_STAGES_D64 LITEATTN_STAGES_D64
 #endif
 #ifndef LITEATTN_DENSE_BLOCK_M_D64
 #define LITEATTN_DENSE_BLOCK_M_D64 192
@@ -174,7 +183,8 @@ template <> struct DenseGeometry<128> {
   static constexpr int kBlockM = 128, kBlockN = LITEATTN_DENSE_BLOCK_N_D128, kStages = 2;
 };
 template <> struct DenseGeometry<64> {
-  static constexpr int kBlockM = LITEATTN_DENSE_BLOCK_M_D64, kBlockN = 128, kStages = LITEATTN_STAGES_D64;
+  static constexpr int kBlockM = LITEATTN_DENSE_BLOCK_M_D64, kBlockN = LITEATTN_DENSE_BLOCK_N_D64,
+                       kStages = LITEATTN_DENSE_STAGES_D64;
 };
 
 }  // namespace liteattn
