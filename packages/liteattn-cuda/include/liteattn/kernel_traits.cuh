@@ -162,9 +162,9 @@ template <> struct DefaultGeometry<256> { static constexpr int kBlockM = 128, kB
 // wgmma pipeline's fill), measured on an H100 (bench/NOTES-cuda.md, sixth round):
 // - head dim 128: 176-key tiles (S: 88 fp32 registers per thread, still beside O and P in 240; 2 K/V stages in
 //   227 KB), 11% faster than 128;
-// - head dim 64: 192-row query tiles (3 consumer warpgroups at 160 registers), 27% faster than 128; 256 x 64 tiles
-//   (four warpgroups at 112 registers, which a 128-key S does not fit) measured 5-8% slower than 192 x 128
-//   (sixteenth round). The BLOCK/STAGES knobs below build those variants for measurements.
+// - head dim 64: 192-row query tiles (3 consumer warpgroups at 160 registers), 27% faster than 128 (13-14% against
+//   today's 128-row loop, sixteenth round); 256 x 64 tiles (four warpgroups at 112 registers, which a 128-key S
+//   does not fit) measured 5-9% slower than 192 x 128 there. The knobs below build those variants for measurements.
 #ifndef LITEATTN_DENSE_BLOCK_N_D128
 #define LITEATTN_DENSE_BLOCK_N_D128 176
 #endif
