@@ -29,12 +29,14 @@ from liteattn_cuda import fwd
 QUERY = "clocks.sm,power.draw,temperature.gpu,clocks_event_reasons.active"
 
 
-def engines(H: int, S: int, D: int) -> dict:
-    """The calls both modes (and variant_timing.py) run, on one set of bf16 inputs."""
+def engines(H: int, S: int, D: int, block_m: int | None = None) -> dict:
+    """The calls both modes (and variant_timing.py) run, on one set of bf16 inputs; ``block_m`` overrides the
+    default tile's rows (for builds whose skip-state kernel has other tiles)."""
     import fa3_fwd_interface
 
     q, k, v = (torch.randn(1, S, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     bm, bn = default_tile_shape(D)
+    bm = block_m or bm
     out, lse = torch.empty_like(q), torch.empty(1, H, S, device="cuda")
     QT, KT = -(-S // bm), -(-S // bn)
     written = torch.empty(1, H, QT, -(-KT // 32), dtype=torch.int32, device="cuda")

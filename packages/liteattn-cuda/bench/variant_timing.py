@@ -23,12 +23,13 @@ def main() -> None:
     ap.add_argument("name")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--shapes", nargs="*", default=["12,32760,128", "24,32768,128"])
+    ap.add_argument("--block-m", type=int, default=None, help="query tile rows of the skip-state kernel's calls")
     args = ap.parse_args()
 
     for shape in args.shapes:
         H, S, D = (int(x) for x in shape.split(","))
         torch.manual_seed(0)
-        runs = engines(H, S, D)
+        runs = engines(H, S, D, args.block_m)
         est = 4.0 * H * S * S * D / 600e12 * 1e3
         calls = {"dense": (runs["cuda"], est), "fa3": (runs["fa3"], est), "skip": (runs["cuda-skip"], est),
                  "s50": (runs["cuda-s50"], est / 2)}

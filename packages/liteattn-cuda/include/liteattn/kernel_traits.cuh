@@ -149,8 +149,11 @@ constexpr bool overlapped_loop() {
 
 // Stages per head dim: as many K/V stages as fit next to the Q tile in 227 KB.
 template <int kHeadDim> struct DefaultGeometry;
+#ifndef LITEATTN_BLOCK_M_D64
+#define LITEATTN_BLOCK_M_D64 128
+#endif
 template <> struct DefaultGeometry<64> {
-  static constexpr int kBlockM = 128, kBlockN = 128, kStages = LITEATTN_STAGES_D64;
+  static constexpr int kBlockM = LITEATTN_BLOCK_M_D64, kBlockN = 128, kStages = LITEATTN_STAGES_D64;
 };
 template <> struct DefaultGeometry<128> {
   static constexpr int kBlockM = 128, kBlockN = 128, kStages = LITEATTN_STAGES_D128;
