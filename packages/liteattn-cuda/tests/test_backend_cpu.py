@@ -10,6 +10,7 @@ import torch
 
 import liteattn_cuda
 from liteattn.backend import AttentionCall
+from liteattn.tiles import default_tile_shape
 from liteattn_cuda import CudaBackend, _ops
 from liteattn_cuda.backend import DENSE_KERNEL_HEAD_DIMS
 
@@ -18,7 +19,7 @@ def make_call(D=128, dtype=torch.bfloat16, block=None, Dv=None, **kw):
     q = torch.randn(1, 130, 4, D, dtype=dtype)
     k = torch.randn(1, 200, 2, D, dtype=dtype)
     v = torch.randn(1, 200, 2, Dv or D, dtype=dtype)
-    bm, bn = block or (128, 64 if D > 128 else 128)
+    bm, bn = block or default_tile_shape(D)
     th = torch.zeros(4)
     return AttentionCall(q, k, v, 1 / math.sqrt(D), th, bm, bn, **kw)
 
@@ -74,9 +75,9 @@ def test_skip_state_rows_accepted_until_too_long():
     gaps = torch.empty(1, 1, 1, 8193)
     # Every call that runs the skip-state kernel lists a row's kept tiles in shared memory.
     for extra in ({"write_bits": long_rows}, {"compute_bits": long_rows}, {"tile_gaps": gaps}, {"use_int8": True}):
-        long_call = AttentionCall(q, k, k, 0.125, torch.zeros(1), 128, 128, **extra)
+        long_call = AttentionCall(q, k, k, 0.125, torch.zeros(1), 64, 128, **extra)
         assert "8192 key tiles" in backend.unsupported_reason(long_call)
-    dense_call = AttentionCall(q, k, k, 0.125, torch.zeros(1), 128, 128)  # the dense kernel: any length
+    dense_call = AttentionCall(q, k, k, 0.125, torch.zeros(1), 64, 128)  # the dense kernel: any length
     assert "key tiles" not in backend.unsupported_reason(dense_call)
     # Head dim 256 has no dense kernel of its own: its dense calls run the skip-state kernel (64-key tiles).
     q256 = torch.empty(1, 1, 1, 256, dtype=torch.bfloat16).expand(1, 128, 1, 256)

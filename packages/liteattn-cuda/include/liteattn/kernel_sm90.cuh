@@ -26,6 +26,7 @@ struct KernelParams {
   int seqlen_q, seqlen_k, num_heads, head_ratio;
   int num_q_tiles, num_k_tiles, num_words;
   int num_work_tiles;  // B * H * QT
+  int num_skip_q_tiles;  // query tiles of the skip state: QT, or (a skip row per warpgroup) kSkipRows x as many
   float scale, scale_log2;
   bool reverse;
   // Dense calls: the last work tiles may run as key-range pieces (tail_split.h) into split_o (pieces, BM, D) and
@@ -59,8 +60,8 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   run_work_tiles<Traits>(params, shared, pipeline_k, pipeline_v,
                          [&](WorkTile const&, auto tiles, int thread_idx, auto& tOrO, auto& softmax, auto& skip,
                              auto& state, int q_round) {
-                           consumer_mainloop<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO,
-                                                     softmax, skip, state, q_round);
+                           return consumer_mainloop<Traits>(params, shared, pipeline_k, pipeline_v, tiles,
+                                                            thread_idx, tOrO, softmax, skip, state, q_round);
                          });
 }
 

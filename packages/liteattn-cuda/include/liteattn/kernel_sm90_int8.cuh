@@ -28,6 +28,7 @@ struct KernelParamsInt8 {
   int seqlen_q, seqlen_k, num_heads, head_ratio;
   int num_q_tiles, num_k_tiles, num_words;
   int num_work_tiles;  // B * H * QT
+  int num_skip_q_tiles;  // query tiles of the skip state (and of q_scale): QT, or kSkipRows x as many
   float scale, scale_log2;
   bool reverse;
   TailSplit split;  // never split: INT8 calls keep a skip state's tiles
@@ -61,15 +62,18 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   run_work_tiles<Traits>(params, shared, pipeline_k, pipeline_v,
                          [&](WorkTile const& work, auto tiles, int thread_idx, auto& tOrO, auto& softmax,
                              auto& skip, auto& state, int q_round) {
-                           float const q_scale = __ldg(params.q_scale + work.tile);
+                           // q_scale of the warpgroup's skip row (any finite value past the last one: it
+                           // computes nothing there)
+                           int const skip_row = skip_row_of<Traits>(params, work, thread_idx / 128);
+                           float const q_scale = skip_row < 0 ? 1.f : __ldg(params.q_scale + skip_row);
                            int const head_kv = work.head / params.head_ratio;
                            float const* k_scale_row =
                                params.k_scale +
                                (int64_t(work.batch) * (params.num_heads / params.head_ratio) + head_kv) *
                                    params.num_k_tiles;
-                           consumer_mainloop<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO,
-                                                     softmax, skip, state, q_round,
-                                                     Int8ScoreScale{q_scale, k_scale_row});
+                           return consumer_mainloop<Traits>(params, shared, pipeline_k, pipeline_v, tiles,
+                                                            thread_idx, tOrO, softmax, skip, state, q_round,
+                                                            Int8ScoreScale{q_scale, k_scale_row});
                          });
 }
 

@@ -44,12 +44,29 @@ constexpr bool register_split_fits(int num_threads, int num_mma_threads, int pro
   return 128 * producer_regs + num_mma_threads * consumer_regs <= num_threads * (65536 / num_threads / 8 * 8);
 }
 
+// How a CTA's query rows map onto rows of the skip state (shared by the 16-bit and INT8 traits): kSkipRows = 1,
+// the CTA's kBlockM rows are one query tile; kSkipRows = the consumer warpgroups, each warpgroup's 64 rows are a
+// query tile of their own (skip tiles 64 rows tall). Then the producer loads the union of the warpgroups' kept
+// tiles and each warpgroup computes its own and lets the others pass (consumer_mainloop_serial).
+template <int kBlockM, int kNumMmaWarpgroups, int kSkipRows_>
+struct SkipRows {
+  static constexpr int kSkipRows = kSkipRows_;
+  static constexpr int kSkipBlockM = kBlockM / kSkipRows;  // the skip state's block_m
+  static_assert(kSkipRows == 1 || kSkipRows == kNumMmaWarpgroups, "one skip row per CTA or per warpgroup");
+  // The consumers' list of a work tile's kept tiles: tile indices, or (one row per warpgroup) the union's tiles,
+  // each with the mask of the warpgroups that keep it in bits 16 and up.
+  using KeptEntry = std::conditional_t<(kSkipRows > 1), int32_t, int16_t>;
+};
+
 // kSkipState_ = false builds a kernel for dense calls only: every key tile computed, no skip test, no gaps.
-template <int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_, class Element_, bool kSkipState_ = true>
-struct KernelTraits {
+template <int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_, class Element_, bool kSkipState_ = true,
+          int kSkipRows_ = 1>
+struct KernelTraits : SkipRows<kBlockM_, kBlockM_ / 64, kSkipRows_> {
   using Element = Element_;
   using ElementAccum = float;
   static constexpr bool kSkipState = kSkipState_;
+  using typename SkipRows<kBlockM_, kBlockM_ / 64, kSkipRows_>::KeptEntry;
+  using SkipRows<kBlockM_, kBlockM_ / 64, kSkipRows_>::kSkipRows;
 
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = kBlockM_;
@@ -123,10 +140,10 @@ struct KernelTraits {
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutQ>> smem_q;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutK>> smem_k;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutV>> smem_v;
-    alignas(16) uint32_t skip_words[kMaxSkipWords];            // this CTA's write_bits row while the loop runs
+    alignas(16) uint32_t skip_words[kSkipRows * kMaxSkipWords];  // this CTA's write_bits rows while the loop runs
     alignas(16) uint32_t keep_words_producer[kMaxSkipWords];  // the producer's copy of this work tile's keep row
     // The consumers' list of kept tiles (KeptTileList, kernels with a skip state) and its per-warp counts.
-    alignas(16) int16_t kept_list[kSkipState ? kMaxSkipWords * 32 + 2 : 1];
+    alignas(16) KeptEntry kept_list[kSkipState ? kMaxSkipWords * 32 + 2 : 1];
     int kept_warp_counts[kNumMmaThreads / 32];
     alignas(16) cutlass::arch::ClusterTransactionBarrier barrier_q;  // Q landed (one phase per loaded tile)
     cutlass::arch::ClusterBarrier barrier_q_empty;  // every consumer thread is done with Q (one phase per tile)
@@ -142,23 +159,35 @@ struct KernelTraits {
 // (pinned_exp2s; with all of them ahead of the wait the skip-state kernels measured no faster, bench/NOTES-cuda.md,
 // ninth, thirteenth and fourteenth rounds); at 256 its extra live registers (P beside S, with O at 128 per thread)
 // spill (v9).
+// A skip row per warpgroup needs the serial loop: its warpgroups pass the other rows' tiles through the K/V ring, which
+// the overlapped loop could deadlock on (it holds V(p) while waiting for K(n), and K(n) may sit behind V stages
+// that only this warpgroup's passing would free).
 template <class Traits>
 constexpr bool overlapped_loop() {
-  return LITEATTN_OVERLAP && Traits::kHeadDim <= 128;
+  return LITEATTN_OVERLAP && Traits::kHeadDim <= 128 && Traits::kSkipRows == 1;
 }
 
-// Stages per head dim: as many K/V stages as fit next to the Q tile in 227 KB.
-template <int kHeadDim> struct DefaultGeometry;
+// The skip state's query tile at head dim 64: 64 rows, one per consumer warpgroup of a 192-row CTA, or (development
+// knob) 128 rows, one per CTA of two warpgroups.
+#ifndef LITEATTN_SKIP_BLOCK_M_D64
+#define LITEATTN_SKIP_BLOCK_M_D64 64
+#endif
 #ifndef LITEATTN_BLOCK_M_D64
 #define LITEATTN_BLOCK_M_D64 128
 #endif
+
+// Stages per head dim: as many K/V stages as fit next to the Q tile in 227 KB.
+template <int kHeadDim> struct DefaultGeometry;
 template <> struct DefaultGeometry<64> {
-  static constexpr int kBlockM = LITEATTN_BLOCK_M_D64, kBlockN = 128, kStages = LITEATTN_STAGES_D64;
+  static constexpr int kBlockM = LITEATTN_SKIP_BLOCK_M_D64 == 64 ? 192 : LITEATTN_BLOCK_M_D64, kBlockN = 128,
+                       kStages = LITEATTN_STAGES_D64, kSkipRows = LITEATTN_SKIP_BLOCK_M_D64 == 64 ? 3 : 1;
 };
 template <> struct DefaultGeometry<128> {
-  static constexpr int kBlockM = 128, kBlockN = 128, kStages = LITEATTN_STAGES_D128;
+  static constexpr int kBlockM = 128, kBlockN = 128, kStages = LITEATTN_STAGES_D128, kSkipRows = 1;
 };
-template <> struct DefaultGeometry<256> { static constexpr int kBlockM = 128, kBlockN = 64, kStages = 2; };
+template <> struct DefaultGeometry<256> {
+  static constexpr int kBlockM = 128, kBlockN = 64, kStages = 2, kSkipRows = 1;
+};
 
 // The geometry of calls without a skip state (dense calls, launch.cuh), free of the 128 x 128 tiles the skip state
 // is counted in. Wider tiles amortise each key-loop iteration's fixed cost (barrier waits, row-max shuffles, the

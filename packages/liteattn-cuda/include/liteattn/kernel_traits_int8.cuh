@@ -14,8 +14,10 @@ template <class T, int kHeadDim>
 using KMajorSmemAtom = std::conditional_t<(kHeadDim * sizeof_bits_v<T> / 8) % 128 == 0, GMMA::Layout_K_SW128_Atom<T>,
                                           GMMA::Layout_K_SW64_Atom<T>>;
 
-template <int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_, class Element_>
-struct KernelTraitsInt8 {
+template <int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_, class Element_, int kSkipRows_ = 1>
+struct KernelTraitsInt8 : SkipRows<kBlockM_, kBlockM_ / 64, kSkipRows_> {
+  using typename SkipRows<kBlockM_, kBlockM_ / 64, kSkipRows_>::KeptEntry;
+  using SkipRows<kBlockM_, kBlockM_ / 64, kSkipRows_>::kSkipRows;
   using Element = Element_;       // V, P and O: fp16 / bf16
   using ElementQK = int8_t;       // Q and K as stored in smem
   using ElementAccum = float;     // O and the dequantised scores
@@ -89,10 +91,10 @@ struct KernelTraitsInt8 {
     alignas(1024) cute::array_aligned<ElementQK, cosize_v<SmemLayoutQ>> smem_q;
     alignas(1024) cute::array_aligned<ElementQK, cosize_v<SmemLayoutK>> smem_k;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutV>> smem_v;
-    alignas(16) uint32_t skip_words[kMaxSkipWords];
+    alignas(16) uint32_t skip_words[kSkipRows * kMaxSkipWords];
     alignas(16) uint32_t keep_words_producer[kMaxSkipWords];  // the producer's copy of this work tile's keep row
     // The consumers' list of kept tiles (KeptTileList, kernels with a skip state) and its per-warp counts.
-    alignas(16) int16_t kept_list[kSkipState ? kMaxSkipWords * 32 + 2 : 1];
+    alignas(16) KeptEntry kept_list[kMaxSkipWords * 32 + 2];
     int kept_warp_counts[kNumMmaThreads / 32];
     alignas(16) cutlass::arch::ClusterTransactionBarrier barrier_q;  // Q landed (one phase per loaded tile)
     cutlass::arch::ClusterBarrier barrier_q_empty;  // every consumer thread is done with Q (one phase per tile)
@@ -105,9 +107,15 @@ struct KernelTraitsInt8 {
 
 // Int8 Q/K halve their smem, so more K/V stages fit than in the 16-bit kernel:
 // D=128: Q 16 KB + 3 x (K 16 KB + V 32 KB) = 160 KB (a fourth stage no longer fits beside the 16 KB list of kept
-// tiles and the key loop's 2 KB); D=64: Q 8 KB + 4 x (8 + 16) KB = 104 KB.
+// tiles and the key loop's 2 KB); D=64: Q 8 KB + 4 x (8 + 16) KB = 104 KB. At head dim 64 the skip state's 64-row
+// query tiles are one per consumer warpgroup of a 128-row CTA: three warpgroups (160 registers) could not hold
+// the s32 accumulator beside its fp32 copy.
 template <int kHeadDim> struct Int8Geometry;
-template <> struct Int8Geometry<64> { static constexpr int kBlockM = 128, kBlockN = 128, kStages = 4; };
-template <> struct Int8Geometry<128> { static constexpr int kBlockM = 128, kBlockN = 128, kStages = 3; };
+template <> struct Int8Geometry<64> {
+  static constexpr int kBlockM = 128, kBlockN = 128, kStages = 4, kSkipRows = LITEATTN_SKIP_BLOCK_M_D64 == 64 ? 2 : 1;
+};
+template <> struct Int8Geometry<128> {
+  static constexpr int kBlockM = 128, kBlockN = 128, kStages = 3, kSkipRows = 1;
+};
 
 }  // namespace liteattn

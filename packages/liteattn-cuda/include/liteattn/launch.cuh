@@ -59,6 +59,7 @@ int launch_fwd(FwdArgs const& args, cudaStream_t stream) {
       (args.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN,
       ((args.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN + 31) / 32,
       args.batch * args.num_heads * ((args.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM),
+      (args.seqlen_q + Traits::kSkipBlockM - 1) / Traits::kSkipBlockM,
       args.scale,
       args.scale * 1.44269504088896340736f,  // log2(e)
       args.reverse,
@@ -119,10 +120,11 @@ int64_t split_workspace_floats_hdim(FwdArgs const& args) {
 template <class Element, int kHeadDim>
 int run_fwd_hdim(FwdArgs const& args, cudaStream_t stream) {
   using Geometry = DefaultGeometry<kHeadDim>;
-  using Traits = KernelTraits<kHeadDim, Geometry::kBlockM, Geometry::kBlockN, Geometry::kStages, Element>;
-  if (args.block_m != Traits::kBlockM || args.block_n != Traits::kBlockN) return -1;
+  using Traits = KernelTraits<kHeadDim, Geometry::kBlockM, Geometry::kBlockN, Geometry::kStages, Element,
+                              /*kSkipState=*/true, Geometry::kSkipRows>;
+  if (args.block_m != Traits::kSkipBlockM || args.block_n != Traits::kBlockN) return -1;
   using Dense = DenseGeometry<kHeadDim>;
-  if constexpr (Dense::kBlockN != Geometry::kBlockN || Dense::kBlockM != Geometry::kBlockM) {
+  if constexpr (Dense::kBlockN != Geometry::kBlockN || Dense::kBlockM != Geometry::kBlockM || Geometry::kSkipRows > 1) {
     if (is_dense_call(args)) {
       using DenseTraits = KernelTraits<kHeadDim, Dense::kBlockM, Dense::kBlockN, Dense::kStages, Element,
                                        /*kSkipState=*/false>;

@@ -10,8 +10,9 @@ namespace liteattn {
 template <class Element, int kHeadDim>
 int run_fwd_int8_hdim(FwdArgs const& args, Int8Scales const& scales, cudaStream_t stream) {
   using Geometry = Int8Geometry<kHeadDim>;
-  using Traits = KernelTraitsInt8<kHeadDim, Geometry::kBlockM, Geometry::kBlockN, Geometry::kStages, Element>;
-  if (args.block_m != Traits::kBlockM || args.block_n != Traits::kBlockN) return -1;
+  using Traits = KernelTraitsInt8<kHeadDim, Geometry::kBlockM, Geometry::kBlockN, Geometry::kStages, Element,
+                                  Geometry::kSkipRows>;
+  if (args.block_m != Traits::kSkipBlockM || args.block_n != Traits::kBlockN) return -1;
 
   using ShapeQKV = typename Traits::ShapeQKV;
   using StrideQKV = typename Traits::StrideQKV;
@@ -45,6 +46,7 @@ int run_fwd_int8_hdim(FwdArgs const& args, Int8Scales const& scales, cudaStream_
       (args.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN,
       ((args.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN + 31) / 32,
       args.batch * args.num_heads * ((args.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM),
+      (args.seqlen_q + Traits::kSkipBlockM - 1) / Traits::kSkipBlockM,
       args.scale,
       args.scale * 1.44269504088896340736f,  // log2(e)
       args.reverse,

@@ -195,11 +195,14 @@ CUTE_DEVICE decltype(auto) score_registers(TensorAcc& acc) {
   }
 }
 
-// The serial key loop: each consumer warpgroup waits for every wgmma before using its result, and the two
-// warpgroups overlap each other's softmax with their GEMMs. The kernels at head dim 256 run it (overlapped_loop
-// says why); see consumer_mainloop for the arguments.
+// The serial key loop: each consumer warpgroup waits for every wgmma before using its result, and the
+// warpgroups overlap each other's softmax with their GEMMs. The kernels at head dim 256 and those with a skip row
+// per warpgroup run it (overlapped_loop says why); see consumer_mainloop for the arguments. With a skip row per
+// warpgroup the list holds the union of the warpgroups' kept tiles: a warpgroup computes those its row keeps and
+// lets the others pass, waiting for their K and V like any tile before releasing them, so that every stage's
+// barriers keep counting one phase per fill.
 template <class Traits, class Params, class TensorO, class SkipWriter, class ScoreScale, class TileIterator>
-CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits::SharedStorage& shared,
+CUTE_DEVICE int consumer_mainloop_serial(Params const& params, typename Traits::SharedStorage& shared,
                                           typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
                                           TileIterator tiles, int thread_idx, TensorO& tOrO,
                                           OnlineSoftmax& softmax, SkipWriter& skip,
@@ -221,7 +224,25 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
   shared.barrier_q.wait(q_round & 1);
   load_q<Traits>(shared, thread_idx, gemms);
 
-  for (int n = tiles.next(), n_next = 0; n >= 0; n = n_next) {
+  // With a skip row per warpgroup: let the other warpgroups' tiles pass up to this warpgroup's next one.
+  int const wg = thread_idx / 128;
+  auto next_own = [&](int entry) {
+    if constexpr (Traits::kSkipRows > 1) {
+      while (entry >= 0 && !((entry >> (16 + wg)) & 1)) {
+        pipeline_k.consumer_wait(state);
+        pipeline_k.consumer_release(state);
+        pipeline_v.consumer_wait(state);
+        pipeline_v.consumer_release(state);
+        ++state;
+        entry = tiles.next();
+      }
+    }
+    return entry;
+  };
+  int own_kept = 0;
+  for (int entry = next_own(tiles.next()), entry_next = 0; entry >= 0; entry = next_own(entry_next)) {
+    int const n = Traits::kSkipRows > 1 ? entry & 0xffff : entry;
+    ++own_kept;
     float const factor = scale.factor(n);  // INT8: issued before the waits, used after
     // Wait for K[stage] (full barrier), S = Q K^T, then release K[stage] to the producer (empty barrier).
     turn.wait_turn();
@@ -247,7 +268,7 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
     // Wait for V[stage], O += P V, release V[stage]; the warp vote runs while the PV wgmma does.
     pipeline_v.consumer_wait(state);
     gemms.issue_pv(tOrP, state.index(), tOrO);
-    n_next = tiles.next();  // under the PV wgmma
+    entry_next = tiles.next();  // under the PV wgmma
     skip.commit(n, needs, lane);
     warpgroup_wait<0>();
     pipeline_v.consumer_release(state);
@@ -255,6 +276,7 @@ CUTE_DEVICE void consumer_mainloop_serial(Params const& params, typename Traits:
   }
   release_q(shared);
   turn.finish();
+  return own_kept;
 }
 
 
@@ -286,7 +308,7 @@ constexpr int pinned_exp2s(int row) {
 // iteration (two copies of the body), and the skip-test vote and O's rescale for S(n)'s max shift run after the
 // PV wait. (Voting under the next iteration's GEMMs measured no better, bench/NOTES-cuda.md v9.)
 template <class Traits, class Params, class TensorO, class SkipWriter, class ScoreScale, class TileIterator>
-CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits::SharedStorage& shared,
+CUTE_DEVICE int consumer_mainloop_overlap(Params const& params, typename Traits::SharedStorage& shared,
                                            typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
                                            TileIterator tiles, int thread_idx, TensorO& tOrO,
                                            OnlineSoftmax& softmax, SkipWriter& skip,
@@ -389,26 +411,29 @@ CUTE_DEVICE void consumer_mainloop_overlap(Params const& params, typename Traits
   pipeline_v.consumer_release(state_v);
   release_q(shared);
   turn.finish();
+  return tiles.count();
 }
 
-// The consumers' key loop of one work tile (at least one kept key tile); leaves the unnormalised O in tOrO.
+// The consumers' key loop of one work tile (at least one kept key tile); leaves the unnormalised O in tOrO and
+// returns how many tiles the thread's skip row computed.
 // `state` is the K/V ring position carried across work tiles; `q_round` the number of Q loads before this tile's.
 // With INT8 Q/K (Traits::TiledMmaQK accumulates s32), `scale` gives each tile's dequantisation factor and the
 // softmax, skip test and PV run on the dequantised scores unchanged.
 template <class Traits, class Params, class TensorO, class SkipWriter, class TileIterator,
           class ScoreScale = ExactScores>
-CUTE_DEVICE void consumer_mainloop(Params const& params, typename Traits::SharedStorage& shared,
+CUTE_DEVICE int consumer_mainloop(Params const& params, typename Traits::SharedStorage& shared,
                                    typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
                                    TileIterator tiles, int thread_idx, TensorO& tOrO, OnlineSoftmax& softmax,
                                    SkipWriter& skip, typename Traits::PipelineState& state, int q_round,
                                    ScoreScale const& scale = {}) {
   static_assert(!LITEATTN_PINGPONG || !Traits::kSkipState || Traits::kNumMmaWarpgroups < kSkipBarrierId,
                 "the ping-pong barriers 1..W would collide with the skip test's named barrier");
+  static_assert(!LITEATTN_PINGPONG || Traits::kSkipRows == 1, "turn-taking needs every warpgroup on every tile");
   if constexpr (overlapped_loop<Traits>()) {
-    consumer_mainloop_overlap<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO, softmax, skip,
+    return consumer_mainloop_overlap<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO, softmax, skip,
                                       state, q_round, scale);
   } else {
-    consumer_mainloop_serial<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO, softmax, skip,
+    return consumer_mainloop_serial<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO, softmax, skip,
                                      state, q_round, scale);
   }
 }

@@ -3,7 +3,7 @@
 // rows' votes for the current 32 key tiles in one register; when the walk leaves those 32 tiles (tiles are
 // visited in order, ascending or descending) a warp OR-reduction and one shared atomicOr per warp merge them
 // into a CTA-local bitmask. After the key loop the consumers store the whole (b, h, query-tile) row of
-// write_bits; no global atomics.
+// write_bits; no global atomics. With a skip row per warpgroup (SkipRows) each warpgroup votes and stores its own.
 #pragma once
 
 #include <cstdint>
@@ -17,6 +17,7 @@ namespace liteattn {
 // live in shared memory.
 constexpr int kMaxSkipWords = 256;
 constexpr int kSkipBarrierId = 3;   // named barrier over the consumer threads (0: __syncthreads, 1-2: ping-pong)
+// Named barriers kSkipBarrierId + 1 + w: consumer warpgroup w alone (a skip row per warpgroup).
 
 // Named barrier over the consumer warpgroups only (the producer thread runs ahead and never joins). It orders
 // shared-memory traffic (the list of kept tiles, the skip-test words), hence the "memory" clobber.
@@ -25,7 +26,9 @@ CUTE_DEVICE void consumer_sync() {
   asm volatile("bar.sync %0, %1;\n" ::"n"(kSkipBarrierId), "n"(kNumMmaThreads) : "memory");
 }
 
-template <int kNumMmaThreads>
+// kThreads consumer threads share one row of the state: all of them, or (a skip row per warpgroup) 128. Their
+// indices in begin / end count from 0 within the row's threads.
+template <int kThreads>
 struct SkipTestWriter {
   uint32_t* smem_words;   // kMaxSkipWords words in shared memory
   int32_t* gmem_words;    // this CTA's row of write_bits, or nullptr: no skip test
@@ -33,6 +36,7 @@ struct SkipTestWriter {
   float row_threshold[2]; // threshold[h] for this thread's two rows, +inf for rows >= Sq (they never vote)
   bool row_valid[2];      // this thread's two rows are < Sq
   float* gmem_gaps;       // this CTA's row of tile_gaps (KT floats), or nullptr
+  int barrier_id;         // named barrier over the kThreads threads of the row
   int word = -1;          // the 32-tile word whose votes `bits` holds
   uint32_t bits = 0u;     // this thread's votes for the tiles of `word`
 
@@ -41,14 +45,20 @@ struct SkipTestWriter {
     return valid ? fminf(threshold_log2, 3.402823466e38f) : INFINITY;
   }
 
-  CUTE_DEVICE static void consumer_bar() { consumer_sync<kNumMmaThreads>(); }
+  CUTE_DEVICE void consumer_bar() const {
+    if constexpr (kThreads > 128) {  // every consumer thread: the shared barrier's id is known at compile time
+      consumer_sync<kThreads>();
+    } else {
+      asm volatile("bar.sync %0, %1;\n" ::"r"(barrier_id), "n"(kThreads) : "memory");
+    }
+  }
 
   CUTE_DEVICE bool enabled() const { return gmem_words != nullptr; }
 
   // Clear the shared bitmask; every consumer thread calls this before the key loop.
   CUTE_DEVICE void begin(int thread_idx) const {
     if (!enabled()) return;
-    for (int w = thread_idx; w < num_words; w += kNumMmaThreads) smem_words[w] = 0u;
+    for (int w = thread_idx; w < num_words; w += kThreads) smem_words[w] = 0u;
     consumer_bar();
   }
 
@@ -123,7 +133,7 @@ struct SkipTestWriter {
     if (!enabled()) return;
     flush(thread_idx % 32);
     consumer_bar();
-    for (int w = thread_idx; w < num_words; w += kNumMmaThreads) gmem_words[w] = int32_t(smem_words[w]);
+    for (int w = thread_idx; w < num_words; w += kThreads) gmem_words[w] = int32_t(smem_words[w]);
   }
 };
 

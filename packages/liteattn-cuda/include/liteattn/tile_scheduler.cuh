@@ -140,20 +140,23 @@ struct KeptTileIterator {
 // there would make the compiler wait for every wgmma in flight). Walking the bitmask instead put a loop of
 // ~60 instructions with branches between each PV wait and the next issue: on an H100 the list made the
 // skip-state kernels 7-10% faster (bench/NOTES-cuda.md, ninth round). next() must stay branch-free.
+// Entry: the tile index, or (a skip row per warpgroup, SkipRows::KeptEntry) the tile index with the mask of the
+// warpgroups that keep it in bits 16 and up.
+template <class Entry>
 struct KeptTileList {
-  int16_t const* list;  // list[0] = -1, the kept tiles ascending, then -1 again
+  Entry const* list;  // list[0] = -1, the kept tiles ascending, then -1 again
   int num_kept;
   int pos;
   int step;
 
-  CUTE_DEVICE KeptTileList(int16_t const* list_, int num_kept_, bool reverse)
+  CUTE_DEVICE KeptTileList(Entry const* list_, int num_kept_, bool reverse)
       : list(list_), num_kept(num_kept_), pos(reverse ? num_kept_ : 1), step(reverse ? -1 : 1) {}
   CUTE_DEVICE int count() const { return num_kept; }
-  // Next kept tile index, or -1 when done.
+  // Next entry, or -1 when done.
   CUTE_DEVICE int next() {
-    int const tile = list[pos];
+    int const entry = list[pos];
     pos += step;
-    return tile;
+    return entry;
   }
 };
 

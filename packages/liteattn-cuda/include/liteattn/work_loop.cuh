@@ -11,14 +11,38 @@
 
 namespace liteattn {
 
-// The producer thread's copy of work tile `tile`'s keep row in shared memory (independent loads); returns the
-// copy, or nullptr for "every tile kept".
-template <class Params>
-CUTE_DEVICE uint32_t const* stage_keep_row(Params const& params, int tile, uint32_t* smem_words) {
+// The keep-bitmask row (b, h, query tile) of consumer warpgroup `wg`'s rows: the work tile's own, or (a skip row per
+// warpgroup) its warpgroup's, -1 for a warpgroup past the last query tile.
+template <class Traits, class Params>
+CUTE_DEVICE int skip_row_of(Params const& params, WorkTile const& work, int wg) {
+  if constexpr (Traits::kSkipRows == 1) {
+    return work.tile;
+  } else {
+    int const m = work.m_block * Traits::kSkipRows + wg;
+    return m < params.num_skip_q_tiles
+               ? (work.batch * params.num_heads + work.head) * params.num_skip_q_tiles + m
+               : -1;
+  }
+}
+
+// The producer thread's copy of work tile `work`'s keep row in shared memory (independent loads; with a skip row
+// per warpgroup the union of their rows); returns the copy, or nullptr for "every tile kept".
+template <class Traits, class Params>
+CUTE_DEVICE uint32_t const* stage_keep_row(Params const& params, WorkTile const& work, uint32_t* smem_words) {
   if (params.compute_bits == nullptr) return nullptr;
-  int32_t const* row = params.compute_bits + int64_t(tile) * params.num_words;
+  int32_t const* rows[Traits::kSkipRows];
+  CUTE_UNROLL
+  for (int r = 0; r < Traits::kSkipRows; ++r) {
+    int const row = skip_row_of<Traits>(params, work, r);
+    rows[r] = row < 0 ? nullptr : params.compute_bits + int64_t(row) * params.num_words;
+  }
 #pragma unroll 4
-  for (int w = 0; w < params.num_words; ++w) smem_words[w] = uint32_t(__ldg(row + w));
+  for (int w = 0; w < params.num_words; ++w) {
+    uint32_t word = 0u;
+    CUTE_UNROLL
+    for (int r = 0; r < Traits::kSkipRows; ++r) word |= rows[r] == nullptr ? 0u : uint32_t(__ldg(rows[r] + w));
+    smem_words[w] = word;
+  }
   return smem_words;
 }
 
@@ -35,19 +59,28 @@ CUTE_DEVICE auto producer_tile_iterator(Params const& params, WorkTile const& wo
 
 // Every consumer thread: lists the kept key tiles of work item `work` (those of its keep row, or all, in its key
 // range) in shared memory for KeptTileList, one keep word per thread: a popcount, a warp scan and the warps'
-// totals give each word's place in the list. Returns the number of kept tiles.
-template <int kNumMmaThreads, class Params>
-CUTE_DEVICE int list_kept_tiles(Params const& params, WorkTile const& work, int16_t* list, int* warp_counts,
-                                int thread_idx) {
+// totals give each word's place in the list. With a skip row per warpgroup the list holds the union of the
+// warpgroups' rows, each entry with the mask of the warpgroups that keep it. Returns the number of entries.
+template <class Traits, class Params>
+CUTE_DEVICE int list_kept_tiles(Params const& params, WorkTile const& work, typename Traits::KeptEntry* list,
+                                int* warp_counts, int thread_idx) {
+  constexpr int kNumMmaThreads = Traits::kNumMmaThreads;
+  constexpr int kSkipRows = Traits::kSkipRows;
   static_assert(kNumMmaThreads >= kMaxSkipWords, "one keep word per consumer thread");
   int const lane = thread_idx % 32, warp = thread_idx / 32;
+  uint32_t own[kSkipRows];
   uint32_t bits = 0u;
-  if (thread_idx < params.num_words) {
-    uint32_t const word =
-        params.compute_bits == nullptr
-            ? 0xffffffffu
-            : uint32_t(__ldg(params.compute_bits + int64_t(work.tile) * params.num_words + thread_idx));
-    bits = keep_word_bits(word, thread_idx, work.k_begin, work.k_end);
+  CUTE_UNROLL
+  for (int r = 0; r < kSkipRows; ++r) {
+    own[r] = 0u;
+    int const row = skip_row_of<Traits>(params, work, r);
+    if (thread_idx < params.num_words && row >= 0) {
+      uint32_t const word = params.compute_bits == nullptr
+                                ? 0xffffffffu
+                                : uint32_t(__ldg(params.compute_bits + int64_t(row) * params.num_words + thread_idx));
+      own[r] = keep_word_bits(word, thread_idx, work.k_begin, work.k_end);
+    }
+    bits |= own[r];
   }
   int const count = __popc(bits);
   int inclusive = count;
@@ -66,8 +99,16 @@ CUTE_DEVICE int list_kept_tiles(Params const& params, WorkTile const& work, int1
     total += c;
     start += w < warp ? c : 0;
   }
-  int16_t* out = list + 1 + start;
-  for (; bits != 0u; bits &= bits - 1u) *out++ = int16_t(thread_idx * 32 + __ffs(bits) - 1);
+  auto* out = list + 1 + start;
+  for (; bits != 0u; bits &= bits - 1u) {
+    int const bit = __ffs(bits) - 1;
+    int entry = thread_idx * 32 + bit;
+    if constexpr (kSkipRows > 1) {
+      CUTE_UNROLL
+      for (int r = 0; r < kSkipRows; ++r) entry |= int((own[r] >> bit) & 1u) << (16 + r);
+    }
+    *out++ = typename Traits::KeptEntry(entry);
+  }
   if (thread_idx == 0) {
     list[0] = -1;
     list[total + 1] = -1;
@@ -82,31 +123,40 @@ template <class Traits, class Params>
 CUTE_DEVICE auto consumer_tile_iterator(Params const& params, typename Traits::SharedStorage& shared,
                                         WorkTile const& work, int thread_idx) {
   if constexpr (Traits::kSkipState) {
-    int const kept = list_kept_tiles<Traits::kNumMmaThreads>(params, work, shared.kept_list,
-                                                              shared.kept_warp_counts, thread_idx);
-    return KeptTileList(shared.kept_list, kept, params.reverse);
+    int const kept = list_kept_tiles<Traits>(params, work, shared.kept_list, shared.kept_warp_counts, thread_idx);
+    return KeptTileList<typename Traits::KeptEntry>(shared.kept_list, kept, params.reverse);
   } else {
     return DenseTileIterator(work.k_begin, work.k_end, params.reverse);
   }
 }
 
-// The skip test of one work tile (a no-op in kernels without a skip state).
+// The threads that share one row of the skip state: all consumers, or (a skip row per warpgroup) a warpgroup.
+template <class Traits>
+constexpr int skip_row_threads() {
+  return Traits::kNumMmaThreads / Traits::kSkipRows;
+}
+
+// The skip test of one work tile's rows (a no-op in kernels without a skip state); its begin and end take the
+// thread's index within skip_row_threads.
 template <class Traits, class Params>
 CUTE_DEVICE auto skip_test_writer(Params const& params, typename Traits::SharedStorage& shared, WorkTile const& work,
                                   int thread_idx) {
   if constexpr (Traits::kSkipState) {
     // A row votes only if it is a real query row (rows of this thread as in the epilogue).
-    using Writer = SkipTestWriter<Traits::kNumMmaThreads>;
+    using Writer = SkipTestWriter<skip_row_threads<Traits>()>;
+    int const group = thread_idx / skip_row_threads<Traits>();
+    int const skip_row = skip_row_of<Traits>(params, work, thread_idx / 128);
     int const row0 = work.m_block * Traits::kBlockM + acc_tile_row(thread_idx);
     bool const valid[2] = {row0 < params.seqlen_q, row0 + 8 < params.seqlen_q};
     float const threshold = params.write_bits == nullptr ? 0.f : __ldg(params.thresholds + work.head);
     return Writer{
-        shared.skip_words,
-        params.write_bits == nullptr ? nullptr : params.write_bits + int64_t(work.tile) * params.num_words,
+        shared.skip_words + group * kMaxSkipWords,
+        params.write_bits == nullptr || skip_row < 0 ? nullptr : params.write_bits + int64_t(skip_row) * params.num_words,
         params.num_words,
         {Writer::row_threshold_of(threshold, valid[0]), Writer::row_threshold_of(threshold, valid[1])},
         {valid[0], valid[1]},
-        params.tile_gaps == nullptr ? nullptr : params.tile_gaps + int64_t(work.tile) * params.num_k_tiles};
+        params.tile_gaps == nullptr || skip_row < 0 ? nullptr : params.tile_gaps + int64_t(skip_row) * params.num_k_tiles,
+        Traits::kSkipRows == 1 ? kSkipBarrierId : kSkipBarrierId + 1 + group};
   } else {
     return NoSkipTest{};
   }
@@ -128,7 +178,7 @@ CUTE_DEVICE uint32_t trace_clock() {
 }
 
 // `key_loop(work, tiles, thread_idx, tOrO, softmax, skip, state, q_round)` runs the consumers' key loop of one
-// work item with at least one kept key tile.
+// work item with at least one kept key tile and returns how many of them the thread's skip row computed.
 template <class Traits, class Params, class KeyLoop>
 CUTE_DEVICE void run_work_tiles(Params const& params, typename Traits::SharedStorage& shared,
                                 typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
@@ -143,7 +193,7 @@ CUTE_DEVICE void run_work_tiles(Params const& params, typename Traits::SharedSto
     for (int item = scheduler.first(); scheduler.valid(item); item = scheduler.next(item)) {
       WorkTile const work = scheduler.decode(item);
       uint32_t const* row =
-          Traits::kSkipState ? stage_keep_row(params, work.tile, shared.keep_words_producer) : nullptr;
+          Traits::kSkipState ? stage_keep_row<Traits>(params, work, shared.keep_words_producer) : nullptr;
       auto tiles = producer_tile_iterator<Traits>(params, work, row);
       q_round += producer_load<Traits>(params, shared, work, pipeline_k, pipeline_v, tiles, tiles.count(), state,
                                        q_round);
@@ -166,19 +216,21 @@ CUTE_DEVICE void run_work_tiles(Params const& params, typename Traits::SharedSto
     clear(tOrO);
     OnlineSoftmax softmax(params.scale_log2);
     auto skip = skip_test_writer<Traits>(params, shared, work, thread_idx);
-    skip.begin(thread_idx);
+    int const row_thread = thread_idx % skip_row_threads<Traits>();
+    skip.begin(row_thread);
     uint32_t const t_loop = trace_clock();
+    int own_kept = 0;  // the tiles this thread's skip row computed
     if (num_kept > 0) {
-      key_loop(work, tiles, thread_idx, tOrO, softmax, skip, state, q_round);
+      own_kept = key_loop(work, tiles, thread_idx, tOrO, softmax, skip, state, q_round);
       ++q_round;
     }
     uint32_t const t_loop_end = trace_clock();
-    // The call's sparsity, counted here (one atomic per work tile) rather than by popcounting the keep bits
-    // afterwards: ~20 us of small kernels per call on an H100.
-    if (params.skipped_tiles != nullptr && thread_idx == 0) {
-      atomicAdd(params.skipped_tiles, static_cast<unsigned long long>(work.k_end - work.k_begin - num_kept));
+    // The call's sparsity, counted here (one atomic per work tile and skip row) rather than by popcounting the keep
+    // bits afterwards: ~20 us of small kernels per call on an H100.
+    if (params.skipped_tiles != nullptr && row_thread == 0 && skip_row_of<Traits>(params, work, thread_idx / 128) >= 0) {
+      atomicAdd(params.skipped_tiles, static_cast<unsigned long long>(work.k_end - work.k_begin - own_kept));
     }
-    skip.end(thread_idx);
+    skip.end(row_thread);
     if (work.piece < 0) {
       epilogue_store<Traits>(params, work, thread_idx, tOrO, softmax);
     } else {
