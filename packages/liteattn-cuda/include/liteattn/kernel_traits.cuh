@@ -155,7 +155,8 @@ struct KernelTraits : SkipRows<kBlockM_, kBlockM_ / 64, kSkipRows_> {
 };
 
 // Whether an instantiation runs the overlapped consumer loop. On an H100 it gains 4-6% at head dim 128; at 64 it
-// gains 3-4% (dense, 192-row tiles) and 3-7% (skip-state kernels) with the exp2's split around the PV wait
+// gains 3-4% (dense, 192-row tiles) and gained 3-7% (the former 128-row skip-state kernels) with the exp2's split
+// around the PV wait
 // (pinned_exp2s; with all of them ahead of the wait the skip-state kernels measured no faster, bench/NOTES-cuda.md,
 // ninth, thirteenth and fourteenth rounds); at 256 its extra live registers (P beside S, with O at 128 per thread)
 // spill (v9).
@@ -168,7 +169,8 @@ constexpr bool overlapped_loop() {
 }
 
 // The skip state's query tile at head dim 64: 64 rows, one per consumer warpgroup of a 192-row CTA, or (development
-// knob) 128 rows, one per CTA of two warpgroups.
+// knob) 128 rows, one per CTA of two warpgroups (or of LITEATTN_BLOCK_M_D64 / 64: 192 measured in the seventeenth
+// round, bench/NOTES-cuda.md).
 #ifndef LITEATTN_SKIP_BLOCK_M_D64
 #define LITEATTN_SKIP_BLOCK_M_D64 64
 #endif
@@ -195,7 +197,7 @@ template <> struct DefaultGeometry<256> {
 // - head dim 128: 176-key tiles (S: 88 fp32 registers per thread, still beside O and P in 240; 2 K/V stages in
 //   227 KB), 11% faster than 128;
 // - head dim 64: 192-row query tiles (3 consumer warpgroups at 160 registers), 27% faster than 128 (13-14% against
-//   today's 128-row loop, sixteenth round); 256 x 64 tiles (four warpgroups at 112 registers, which a 128-key S
+//   the 128-row loop of the sixteenth round); 256 x 64 tiles (four warpgroups at 112 registers, which a 128-key S
 //   does not fit) measured 5-9% slower than 192 x 128 there. The knobs below build those variants for measurements.
 #ifndef LITEATTN_DENSE_BLOCK_N_D128
 #define LITEATTN_DENSE_BLOCK_N_D128 176

@@ -286,8 +286,8 @@ CUTE_DEVICE int consumer_mainloop_serial(Params const& params, typename Traits::
 // Measured on an H100 (bench/NOTES-cuda.md, thirteenth and fourteenth rounds): the dense kernels are 3-4% faster
 // with row 0's exp2's ahead of the wait and row 1's after it than with all ahead, at head dim 128 (176-key tiles)
 // and 64 (192-row tiles), and at 128 2-4% slower than that with any of 12/12, 22/22, 33/0 or 44/22 ahead; the
-// skip-state kernels at head dim 64 gain 4% the same way (3-7% over their serial loop) and take the same split
-// (the LITEATTN_DENSE_PIN_* knobs); those at 128 move by less than 1.5% either way and keep all ahead.
+// skip-state kernels at head dim 128 move by less than 1.5% either way and keep all ahead (those at 64 run the
+// serial loop: a skip row per warpgroup).
 #ifndef LITEATTN_DENSE_PIN_ROW0
 #define LITEATTN_DENSE_PIN_ROW0 -1
 #endif
