@@ -203,10 +203,10 @@ CUTE_DEVICE decltype(auto) score_registers(TensorAcc& acc) {
 // barriers keep counting one phase per fill.
 template <class Traits, class Params, class TensorO, class SkipWriter, class ScoreScale, class TileIterator>
 CUTE_DEVICE int consumer_mainloop_serial(Params const& params, typename Traits::SharedStorage& shared,
-                                          typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
-                                          TileIterator tiles, int thread_idx, TensorO& tOrO,
-                                          OnlineSoftmax& softmax, SkipWriter& skip,
-                                          typename Traits::PipelineState& state, int q_round, ScoreScale const& scale) {
+                                         typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
+                                         TileIterator tiles, int thread_idx, TensorO& tOrO,
+                                         OnlineSoftmax& softmax, SkipWriter& skip,
+                                         typename Traits::PipelineState& state, int q_round, ScoreScale const& scale) {
   using Element = typename Traits::Element;
   constexpr int kBlockN = Traits::kBlockN;
   auto gemms = key_tile_gemms<Traits>(shared, thread_idx);
@@ -309,10 +309,10 @@ constexpr int pinned_exp2s(int row) {
 // PV wait. (Voting under the next iteration's GEMMs measured no better, bench/NOTES-cuda.md v9.)
 template <class Traits, class Params, class TensorO, class SkipWriter, class ScoreScale, class TileIterator>
 CUTE_DEVICE int consumer_mainloop_overlap(Params const& params, typename Traits::SharedStorage& shared,
-                                           typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
-                                           TileIterator tiles, int thread_idx, TensorO& tOrO,
-                                           OnlineSoftmax& softmax, SkipWriter& skip,
-                                           typename Traits::PipelineState& state, int q_round, ScoreScale const& scale) {
+                                          typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
+                                          TileIterator tiles, int thread_idx, TensorO& tOrO,
+                                          OnlineSoftmax& softmax, SkipWriter& skip,
+                                          typename Traits::PipelineState& state, int q_round, ScoreScale const& scale) {
   using Element = typename Traits::Element;
   constexpr int kBlockN = Traits::kBlockN;
   auto gemms = key_tile_gemms<Traits>(shared, thread_idx);
@@ -422,19 +422,19 @@ CUTE_DEVICE int consumer_mainloop_overlap(Params const& params, typename Traits:
 template <class Traits, class Params, class TensorO, class SkipWriter, class TileIterator,
           class ScoreScale = ExactScores>
 CUTE_DEVICE int consumer_mainloop(Params const& params, typename Traits::SharedStorage& shared,
-                                   typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
-                                   TileIterator tiles, int thread_idx, TensorO& tOrO, OnlineSoftmax& softmax,
-                                   SkipWriter& skip, typename Traits::PipelineState& state, int q_round,
-                                   ScoreScale const& scale = {}) {
+                                  typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
+                                  TileIterator tiles, int thread_idx, TensorO& tOrO, OnlineSoftmax& softmax,
+                                  SkipWriter& skip, typename Traits::PipelineState& state, int q_round,
+                                  ScoreScale const& scale = {}) {
   static_assert(!LITEATTN_PINGPONG || !Traits::kSkipState || Traits::kNumMmaWarpgroups < kSkipBarrierId,
                 "the ping-pong barriers 1..W would collide with the skip test's named barrier");
   static_assert(!LITEATTN_PINGPONG || Traits::kSkipRows == 1, "turn-taking needs every warpgroup on every tile");
   if constexpr (overlapped_loop<Traits>()) {
-    return consumer_mainloop_overlap<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO, softmax, skip,
-                                      state, q_round, scale);
+    return consumer_mainloop_overlap<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO,
+                                             softmax, skip, state, q_round, scale);
   } else {
-    return consumer_mainloop_serial<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO, softmax, skip,
-                                     state, q_round, scale);
+    return consumer_mainloop_serial<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO,
+                                            softmax, skip, state, q_round, scale);
   }
 }
 

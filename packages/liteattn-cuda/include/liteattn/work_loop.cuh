@@ -149,13 +149,14 @@ CUTE_DEVICE auto skip_test_writer(Params const& params, typename Traits::SharedS
     int const row0 = work.m_block * Traits::kBlockM + acc_tile_row(thread_idx);
     bool const valid[2] = {row0 < params.seqlen_q, row0 + 8 < params.seqlen_q};
     float const threshold = params.write_bits == nullptr ? 0.f : __ldg(params.thresholds + work.head);
+    bool const has_row = skip_row >= 0;  // a warpgroup past the last query tile writes nothing
     return Writer{
         shared.skip_words + group * kMaxSkipWords,
-        params.write_bits == nullptr || skip_row < 0 ? nullptr : params.write_bits + int64_t(skip_row) * params.num_words,
+        params.write_bits != nullptr && has_row ? params.write_bits + int64_t(skip_row) * params.num_words : nullptr,
         params.num_words,
         {Writer::row_threshold_of(threshold, valid[0]), Writer::row_threshold_of(threshold, valid[1])},
         {valid[0], valid[1]},
-        params.tile_gaps == nullptr || skip_row < 0 ? nullptr : params.tile_gaps + int64_t(skip_row) * params.num_k_tiles,
+        params.tile_gaps != nullptr && has_row ? params.tile_gaps + int64_t(skip_row) * params.num_k_tiles : nullptr,
         Traits::kSkipRows == 1 ? kSkipBarrierId : kSkipBarrierId + 1 + group};
   } else {
     return NoSkipTest{};
@@ -227,7 +228,8 @@ CUTE_DEVICE void run_work_tiles(Params const& params, typename Traits::SharedSto
     uint32_t const t_loop_end = trace_clock();
     // The call's sparsity, counted here (one atomic per work tile and skip row) rather than by popcounting the keep
     // bits afterwards: ~20 us of small kernels per call on an H100.
-    if (params.skipped_tiles != nullptr && row_thread == 0 && skip_row_of<Traits>(params, work, thread_idx / 128) >= 0) {
+    if (params.skipped_tiles != nullptr && row_thread == 0 &&
+        skip_row_of<Traits>(params, work, thread_idx / 128) >= 0) {
       atomicAdd(params.skipped_tiles, static_cast<unsigned long long>(work.k_end - work.k_begin - own_kept));
     }
     skip.end(row_thread);
