@@ -64,7 +64,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
                              auto& skip, auto& state, int q_round) {
                            // q_scale of the warpgroup's skip row (any finite value past the last one: it
                            // computes nothing there)
-                           int const skip_row = skip_row_of<Traits>(params, work, thread_idx / 128);
+                           int const skip_row = skip_row_of<Traits>(params, work, skip_row_group<Traits>(thread_idx));
                            float const q_scale = skip_row < 0 ? 1.f : __ldg(params.q_scale + skip_row);
                            int const head_kv = work.head / params.head_ratio;
                            float const* k_scale_row =

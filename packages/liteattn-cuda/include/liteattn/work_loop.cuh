@@ -11,14 +11,26 @@
 
 namespace liteattn {
 
-// The keep-bitmask row (b, h, query tile) of consumer warpgroup `wg`'s rows: the work tile's own, or (a skip row per
-// warpgroup) its warpgroup's, -1 for a warpgroup past the last query tile.
+// The threads that share one row of the skip state: all consumers, or (a skip row per warpgroup) a warpgroup.
+template <class Traits>
+constexpr int skip_row_threads() {
+  return Traits::kNumMmaThreads / Traits::kSkipRows;
+}
+
+// Which of the work tile's skip rows consumer thread `thread_idx` computes: 0, or its warpgroup.
+template <class Traits>
+CUTE_DEVICE int skip_row_group(int thread_idx) {
+  return thread_idx / skip_row_threads<Traits>();
+}
+
+// The keep-bitmask row (b, h, query tile) of the work tile's skip row `group`: the work tile's own, or (a skip row
+// per warpgroup) its warpgroup's, -1 for a warpgroup past the last query tile.
 template <class Traits, class Params>
-CUTE_DEVICE int skip_row_of(Params const& params, WorkTile const& work, int wg) {
+CUTE_DEVICE int skip_row_of(Params const& params, WorkTile const& work, int group) {
   if constexpr (Traits::kSkipRows == 1) {
     return work.tile;
   } else {
-    int const m = work.m_block * Traits::kSkipRows + wg;
+    int const m = work.m_block * Traits::kSkipRows + group;
     return m < params.num_skip_q_tiles
                ? (work.batch * params.num_heads + work.head) * params.num_skip_q_tiles + m
                : -1;
@@ -130,12 +142,6 @@ CUTE_DEVICE auto consumer_tile_iterator(Params const& params, typename Traits::S
   }
 }
 
-// The threads that share one row of the skip state: all consumers, or (a skip row per warpgroup) a warpgroup.
-template <class Traits>
-constexpr int skip_row_threads() {
-  return Traits::kNumMmaThreads / Traits::kSkipRows;
-}
-
 // The skip test of one work tile's rows (a no-op in kernels without a skip state); its begin and end take the
 // thread's index within skip_row_threads.
 template <class Traits, class Params>
@@ -144,8 +150,8 @@ CUTE_DEVICE auto skip_test_writer(Params const& params, typename Traits::SharedS
   if constexpr (Traits::kSkipState) {
     // A row votes only if it is a real query row (rows of this thread as in the epilogue).
     using Writer = SkipTestWriter<skip_row_threads<Traits>()>;
-    int const group = thread_idx / skip_row_threads<Traits>();
-    int const skip_row = skip_row_of<Traits>(params, work, thread_idx / 128);
+    int const group = skip_row_group<Traits>(thread_idx);
+    int const skip_row = skip_row_of<Traits>(params, work, group);
     int const row0 = work.m_block * Traits::kBlockM + acc_tile_row(thread_idx);
     bool const valid[2] = {row0 < params.seqlen_q, row0 + 8 < params.seqlen_q};
     float const threshold = params.write_bits == nullptr ? 0.f : __ldg(params.thresholds + work.head);
@@ -229,7 +235,7 @@ CUTE_DEVICE void run_work_tiles(Params const& params, typename Traits::SharedSto
     // The call's sparsity, counted here (one atomic per work tile and skip row) rather than by popcounting the keep
     // bits afterwards: ~20 us of small kernels per call on an H100.
     if (params.skipped_tiles != nullptr && row_thread == 0 &&
-        skip_row_of<Traits>(params, work, thread_idx / 128) >= 0) {
+        skip_row_of<Traits>(params, work, skip_row_group<Traits>(thread_idx)) >= 0) {
       atomicAdd(params.skipped_tiles, static_cast<unsigned long long>(work.k_end - work.k_begin - own_kept));
     }
     skip.end(row_thread);
