@@ -165,7 +165,7 @@ struct KernelTraits : SkipRows<kBlockM_, kBlockM_ / 64, kSkipRows_> {
 // that only this warpgroup's passing would free).
 template <class Traits>
 constexpr bool overlapped_loop() {
-  return LITEATTN_OVERLAP && Traits::kHeadDim <= 128 && Traits::kSkipRows == 1;
+  return LITEATTN_OVERLAP && Traits::kHeadDim <= 128 && (Traits::kSkipRows == 1 || Traits::kNumMmaWarpgroups == 2);
 }
 
 // The skip state's query tile at head dim 64: 64 rows, one per consumer warpgroup of a 192-row CTA, or (development
@@ -173,6 +173,9 @@ constexpr bool overlapped_loop() {
 // round, bench/NOTES-cuda.md).
 #ifndef LITEATTN_SKIP_BLOCK_M_D64
 #define LITEATTN_SKIP_BLOCK_M_D64 64
+#endif
+#ifndef LITEATTN_SKIP_BLOCK_M_D128
+#define LITEATTN_SKIP_BLOCK_M_D128 128
 #endif
 #ifndef LITEATTN_BLOCK_M_D64
 #define LITEATTN_BLOCK_M_D64 128
@@ -185,7 +188,8 @@ template <> struct DefaultGeometry<64> {
                        kStages = LITEATTN_STAGES_D64, kSkipRows = LITEATTN_SKIP_BLOCK_M_D64 == 64 ? 3 : 1;
 };
 template <> struct DefaultGeometry<128> {
-  static constexpr int kBlockM = 128, kBlockN = 128, kStages = LITEATTN_STAGES_D128, kSkipRows = 1;
+  static constexpr int kBlockM = 128, kBlockN = 128, kStages = LITEATTN_STAGES_D128,
+                       kSkipRows = LITEATTN_SKIP_BLOCK_M_D128 == 64 ? 2 : 1;
 };
 template <> struct DefaultGeometry<256> {
   static constexpr int kBlockM = 128, kBlockN = 64, kStages = 2, kSkipRows = 1;

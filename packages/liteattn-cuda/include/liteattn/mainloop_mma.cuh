@@ -195,6 +195,45 @@ CUTE_DEVICE decltype(auto) score_registers(TensorAcc& acc) {
   }
 }
 
+// A work tile's list entry: the key tile, with (a skip row per warpgroup) the mask of the warpgroups that keep it in
+// bits 16 and up; -1 ends the list.
+template <class Traits>
+CUTE_DEVICE int entry_tile(int entry) {
+  return Traits::kSkipRows > 1 ? entry & 0xffff : entry;
+}
+
+// Whether `entry` is a tile (not the list's end) that warpgroup `wg` computes (kOwn) or lets pass (!kOwn). Every
+// thread of a warp reads the same entry; with a skip row per warpgroup a vote tells the compiler so, which keeps the
+// K/V ring position that the key loops advance by the answer in uniform registers (without it the position moved to
+// vector registers: 24 more instructions per key tile at head dim 64, bench/NOTES-cuda.md, eighteenth round).
+template <class Traits, bool kOwn>
+CUTE_DEVICE bool entry_in_row(int entry, int wg) {
+  if constexpr (Traits::kSkipRows == 1) {
+    return kOwn && entry >= 0;
+  } else {
+    return __all_sync(0xffffffffu, entry >= 0 && ((entry >> (16 + wg)) & 1) == int(kOwn));
+  }
+}
+
+// With a skip row per warpgroup: from list entry `entry` on, let the tiles of the other warpgroups' rows pass up to
+// this warpgroup's next one, which it returns (-1: none left). A warpgroup waits for a passing tile's K and V like
+// any tile before releasing them, so that every stage's full and empty barriers keep counting one phase per fill.
+template <class Traits, class TileIterator>
+CUTE_DEVICE int pass_to_own(int entry, int wg, TileIterator& tiles, typename Traits::Pipeline& pipeline_k,
+                            typename Traits::Pipeline& pipeline_v, typename Traits::PipelineState& state) {
+  if constexpr (Traits::kSkipRows > 1) {
+    while (entry_in_row<Traits, /*kOwn=*/false>(entry, wg)) {
+      pipeline_k.consumer_wait(state);
+      pipeline_k.consumer_release(state);
+      pipeline_v.consumer_wait(state);
+      pipeline_v.consumer_release(state);
+      ++state;
+      entry = tiles.next();
+    }
+  }
+  return entry;
+}
+
 // The serial key loop: each consumer warpgroup waits for every wgmma before using its result, and the
 // warpgroups overlap each other's softmax with their GEMMs. The kernels at head dim 256 and those with a skip row
 // per warpgroup run it (overlapped_loop says why); see consumer_mainloop for the arguments. With a skip row per
@@ -224,24 +263,13 @@ CUTE_DEVICE int consumer_mainloop_serial(Params const& params, typename Traits::
   shared.barrier_q.wait(q_round & 1);
   load_q<Traits>(shared, thread_idx, gemms);
 
-  // With a skip row per warpgroup: let the other warpgroups' tiles pass up to this warpgroup's next one.
   int const wg = thread_idx / 128;
   auto next_own = [&](int entry) {
-    if constexpr (Traits::kSkipRows > 1) {
-      while (entry >= 0 && !((entry >> (16 + wg)) & 1)) {
-        pipeline_k.consumer_wait(state);
-        pipeline_k.consumer_release(state);
-        pipeline_v.consumer_wait(state);
-        pipeline_v.consumer_release(state);
-        ++state;
-        entry = tiles.next();
-      }
-    }
-    return entry;
+    return pass_to_own<Traits>(entry, wg, tiles, pipeline_k, pipeline_v, state);
   };
   int own_kept = 0;
   for (int entry = next_own(tiles.next()), entry_next = 0; entry >= 0; entry = next_own(entry_next)) {
-    int const n = Traits::kSkipRows > 1 ? entry & 0xffff : entry;
+    int const n = entry_tile<Traits>(entry);
     ++own_kept;
     float const factor = scale.factor(n);  // INT8: issued before the waits, used after
     // Wait for K[stage] (full barrier), S = Q K^T, then release K[stage] to the producer (empty barrier).
@@ -337,28 +365,16 @@ CUTE_DEVICE int consumer_mainloop_overlap(Params const& params, typename Traits:
   shared.barrier_q.wait(q_round & 1);
   load_q<Traits>(shared, thread_idx, gemms);
 
-  // First kept tile: S alone (nothing to overlap it with); a branch is free while no wgmma is in flight.
-  int n = tiles.next();
+  // With a skip row per warpgroup the loop runs in segments of consecutive list entries that this warpgroup computes:
+  // each starts like a work tile's first kept tile and ends with its last PV, which releases V before the warpgroup
+  // lets other rows' tiles pass (pass_to_own). Holding V(p) while passing could deadlock: K(n) may sit behind V
+  // stages that only the passing would free.
+  int const wg = thread_idx / 128;
+  int own_kept = 0;
+  int entry = pass_to_own<Traits>(tiles.next(), wg, tiles, pipeline_k, pipeline_v, state);
   float correction[2];
-  {
-    float const factor = scale.factor(n);
-    turn.wait_turn();
-    pipeline_k.consumer_wait(state);
-    gemms.issue_qk(state.index(), tSrAcc);
-    turn.pass_turn();
-    warpgroup_wait<0>();
-    pipeline_k.consumer_release(state);
-    if constexpr (kDequantize) convert_scores(tSrAcc, tSrS);
-    if (n == partial_tile) mask_partial_tile<kBlockN>(tSrS, n, partial_tile, params.seqlen_k, lane);
-    softmax.step(tSrS, correction, factor);  // O is still zero: no rescale for this max shift
-    skip.vote(n, softmax, lane);
-    skip.record_gap(n, softmax, lane);
-    convert_fragment_into(tSrS, rP);
-  }
   auto state_v = state;  // V runs one kept tile behind K
-  ++state;
-
-  int n_next = tiles.next();  // the kept tile after n, read under the GEMMs
+  int n_next = -1;       // the list entry after the current tile, read under the GEMMs
   auto iteration = [&](int n, auto masked) {
     float const factor = scale.factor(n);
     turn.wait_turn();
@@ -393,25 +409,54 @@ CUTE_DEVICE int consumer_mainloop_overlap(Params const& params, typename Traits:
     ++state_v;
     ++state;
   };
-  while (n_next >= 0) {
-    n = n_next;
-    if (n == partial_tile) {
-      iteration(n, cute::true_type{});
-    } else {
-      iteration(n, cute::false_type{});
+  while (Traits::kSkipRows == 1 || __all_sync(0xffffffffu, entry >= 0)) {  // the vote: see entry_in_row
+    // First tile of the segment: S alone (nothing to overlap it with); a branch is free while no wgmma is in flight.
+    {
+      int const n = entry_tile<Traits>(entry);
+      ++own_kept;
+      float const factor = scale.factor(n);
+      turn.wait_turn();
+      pipeline_k.consumer_wait(state);
+      gemms.issue_qk(state.index(), tSrAcc);
+      turn.pass_turn();
+      warpgroup_wait<0>();
+      pipeline_k.consumer_release(state);
+      if constexpr (kDequantize) convert_scores(tSrAcc, tSrS);
+      if (n == partial_tile) mask_partial_tile<kBlockN>(tSrS, n, partial_tile, params.seqlen_k, lane);
+      softmax.step(tSrS, correction, factor);
+      // Only a work tile's first tile finds O still zero; a later segment's rescales O for this max shift.
+      if (Traits::kSkipRows > 1) rescale_o(tOrO, correction);
+      skip.vote(n, softmax, lane);
+      skip.record_gap(n, softmax, lane);
+      convert_fragment_into(tSrS, rP);
     }
-  }
+    state_v = state;
+    ++state;
 
-  // The last kept tile's PV.
-  turn.wait_turn();
-  pipeline_v.consumer_wait(state_v);
-  gemms.issue_pv(tOrP, state_v.index(), tOrO);
-  turn.pass_turn();
-  warpgroup_wait<0>();
-  pipeline_v.consumer_release(state_v);
+    n_next = tiles.next();
+    while (entry_in_row<Traits, /*kOwn=*/true>(n_next, wg)) {
+      int const n = entry_tile<Traits>(n_next);
+      ++own_kept;
+      if (n == partial_tile) {
+        iteration(n, cute::true_type{});
+      } else {
+        iteration(n, cute::false_type{});
+      }
+    }
+
+    // The segment's last PV.
+    turn.wait_turn();
+    pipeline_v.consumer_wait(state_v);
+    gemms.issue_pv(tOrP, state_v.index(), tOrO);
+    turn.pass_turn();
+    warpgroup_wait<0>();
+    pipeline_v.consumer_release(state_v);
+    if constexpr (Traits::kSkipRows == 1) break;
+    entry = pass_to_own<Traits>(n_next, wg, tiles, pipeline_k, pipeline_v, state);
+  }
   release_q(shared);
   turn.finish();
-  return tiles.count();
+  return Traits::kSkipRows == 1 ? tiles.count() : own_kept;
 }
 
 // The consumers' key loop of one work tile (at least one kept key tile); leaves the unnormalised O in tOrO and
