@@ -19,7 +19,7 @@ def default_tile_shape(head_dim: int) -> tuple[int, int]:
     128 x 128 for head dims 65 to 128; 128 x 64 above, where a 128-key tile of K and V no longer fits the shared
     memory a Hopper kernel needs for pipelining. Up to 64, query tiles of 64 rows: they skip 9-10% more of a
     video run's work than 128 rows, and a Hopper kernel at that head dim computes three of them per CTA (one per
-    warpgroup) at about the speed of a dense call.
+    warpgroup) at 1.1x the time of a dense call with the skip test on and every tile kept.
     """
     if head_dim > 128:
         return (128, 64)

@@ -47,7 +47,7 @@ constexpr bool register_split_fits(int num_threads, int num_mma_threads, int pro
 // How a CTA's query rows map onto rows of the skip state (shared by the 16-bit and INT8 traits): kSkipRows = 1,
 // the CTA's kBlockM rows are one query tile; kSkipRows = the consumer warpgroups, each warpgroup's 64 rows are a
 // query tile of their own (skip tiles 64 rows tall). Then the producer loads the union of the warpgroups' kept
-// tiles and each warpgroup computes its own and lets the others pass (consumer_mainloop_serial).
+// tiles and each warpgroup computes its own and lets the others pass (pass_to_own).
 template <int kBlockM, int kNumMmaWarpgroups, int kSkipRows_>
 struct SkipRows {
   static constexpr int kSkipRows = kSkipRows_;
@@ -160,9 +160,10 @@ struct KernelTraits : SkipRows<kBlockM_, kBlockM_ / 64, kSkipRows_> {
 // (pinned_exp2s; with all of them ahead of the wait the skip-state kernels measured no faster, bench/NOTES-cuda.md,
 // ninth, thirteenth and fourteenth rounds); at 256 its extra live registers (P beside S, with O at 128 per thread)
 // spill (v9).
-// A skip row per warpgroup needs the serial loop: its warpgroups pass the other rows' tiles through the K/V ring, which
-// the overlapped loop could deadlock on (it holds V(p) while waiting for K(n), and K(n) may sit behind V stages
-// that only this warpgroup's passing would free).
+// With a skip row per warpgroup the overlapped loop lets other rows' tiles pass between segments of its own tiles.
+// Two warpgroups run it (INT8 at head dim 64: 14.7 against 18.2 ms in the serial loop, eighteenth round); three
+// (the 16-bit kernels at head dim 64, 192-row CTAs) do not fit P beside S in their 160 registers (it spilled 152
+// bytes and measured 15% slower, seventeenth round) and run the serial loop.
 template <class Traits>
 constexpr bool overlapped_loop() {
   return LITEATTN_OVERLAP && Traits::kHeadDim <= 128 && (Traits::kSkipRows == 1 || Traits::kNumMmaWarpgroups == 2);
@@ -174,6 +175,9 @@ constexpr bool overlapped_loop() {
 #ifndef LITEATTN_SKIP_BLOCK_M_D64
 #define LITEATTN_SKIP_BLOCK_M_D64 64
 #endif
+// At head dim 128: 128 rows, or (development knob) 64, one per warpgroup. 64-row tiles computed 8.3% less over the
+// 20-step video run, but each key tile cost ~8% more (the overlapped loop's ring position, uniform with one skip
+// row, lands in vector registers with two) and the run took 2% longer (eighteenth round).
 #ifndef LITEATTN_SKIP_BLOCK_M_D128
 #define LITEATTN_SKIP_BLOCK_M_D128 128
 #endif

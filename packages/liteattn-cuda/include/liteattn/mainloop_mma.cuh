@@ -235,11 +235,10 @@ CUTE_DEVICE int pass_to_own(int entry, int wg, TileIterator& tiles, typename Tra
 }
 
 // The serial key loop: each consumer warpgroup waits for every wgmma before using its result, and the
-// warpgroups overlap each other's softmax with their GEMMs. The kernels at head dim 256 and those with a skip row
-// per warpgroup run it (overlapped_loop says why); see consumer_mainloop for the arguments. With a skip row per
-// warpgroup the list holds the union of the warpgroups' kept tiles: a warpgroup computes those its row keeps and
-// lets the others pass, waiting for their K and V like any tile before releasing them, so that every stage's
-// barriers keep counting one phase per fill.
+// warpgroups overlap each other's softmax with their GEMMs. The kernels at head dim 256 and the three-warpgroup
+// ones with a skip row per warpgroup run it (overlapped_loop says why); see consumer_mainloop for the arguments.
+// With a skip row per warpgroup the list holds the union of the warpgroups' kept tiles: a warpgroup computes those
+// its row keeps and lets the others pass (pass_to_own).
 template <class Traits, class Params, class TensorO, class SkipWriter, class ScoreScale, class TileIterator>
 CUTE_DEVICE int consumer_mainloop_serial(Params const& params, typename Traits::SharedStorage& shared,
                                          typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
@@ -315,7 +314,7 @@ CUTE_DEVICE int consumer_mainloop_serial(Params const& params, typename Traits::
 // with row 0's exp2's ahead of the wait and row 1's after it than with all ahead, at head dim 128 (176-key tiles)
 // and 64 (192-row tiles), and at 128 2-4% slower than that with any of 12/12, 22/22, 33/0 or 44/22 ahead; the
 // skip-state kernels at head dim 128 move by less than 1.5% either way and keep all ahead (those at 64 run the
-// serial loop: a skip row per warpgroup).
+// serial loop: three warpgroups' registers).
 #ifndef LITEATTN_DENSE_PIN_ROW0
 #define LITEATTN_DENSE_PIN_ROW0 -1
 #endif
