@@ -195,6 +195,22 @@ CUTE_DEVICE decltype(auto) score_registers(TensorAcc& acc) {
   }
 }
 
+// S = Q K[stage]^T with nothing else in flight, K[stage] released once S landed, then the scores in `tSrS` (fp32;
+// INT8: converted from the s32 accumulator) with the keys past Sk of the partial last tile at -inf. A branch is free
+// here (no wgmma in flight); the mask costs ~2 ALU ops per score. Both key loops start a run of tiles this way.
+template <int kBlockN, class Gemms, class Pipeline, class PipelineState, class Turn, class TensorAcc, class TensorS>
+CUTE_DEVICE void scores_alone(Gemms& gemms, Pipeline& pipeline_k, PipelineState const& state, Turn const& turn,
+                              TensorAcc& tSrAcc, TensorS& tSrS, int n, int partial_tile, int seqlen_k, int lane) {
+  turn.wait_turn();
+  pipeline_k.consumer_wait(state);
+  gemms.issue_qk(state.index(), tSrAcc);
+  turn.pass_turn();
+  warpgroup_wait<0>();
+  pipeline_k.consumer_release(state);
+  if constexpr (!std::is_same_v<typename TensorAcc::value_type, float>) convert_scores(tSrAcc, tSrS);
+  if (n == partial_tile) mask_partial_tile<kBlockN>(tSrS, n, partial_tile, seqlen_k, lane);
+}
+
 // A work tile's list entry: the key tile, with (a skip row per warpgroup) the mask of the warpgroups that keep it in
 // bits 16 and up; -1 ends the list.
 template <class Traits>
@@ -250,7 +266,6 @@ CUTE_DEVICE int consumer_mainloop_serial(Params const& params, typename Traits::
   auto gemms = key_tile_gemms<Traits>(shared, thread_idx);
   Tensor tSrAcc = partition_fragment_C(gemms.mma_qk, select<0, 1>(typename Traits::TileShapeMNK{}));  // (MMA, M, N)
   CUTE_STATIC_ASSERT_V(size<1>(tSrAcc) == _1{} && size<2>(tSrAcc) == _1{});
-  constexpr bool kDequantize = !std::is_same_v<typename decltype(tSrAcc)::value_type, float>;
   auto&& tSrS = score_registers(tSrAcc);
 
   int const lane = thread_idx % 32;
@@ -271,19 +286,7 @@ CUTE_DEVICE int consumer_mainloop_serial(Params const& params, typename Traits::
     int const n = entry_tile<Traits>(entry);
     ++own_kept;
     float const factor = scale.factor(n);  // INT8: issued before the waits, used after
-    // Wait for K[stage] (full barrier), S = Q K^T, then release K[stage] to the producer (empty barrier).
-    turn.wait_turn();
-    pipeline_k.consumer_wait(state);
-    gemms.issue_qk(state.index(), tSrAcc);
-    turn.pass_turn();
-    warpgroup_wait<0>();
-    pipeline_k.consumer_release(state);
-
-    if constexpr (kDequantize) convert_scores(tSrAcc, tSrS);
-
-    if (n == partial_tile) {  // a branch is free here (no wgmma in flight); the mask costs ~2 ALU ops per score
-      mask_partial_tile<kBlockN>(tSrS, n, partial_tile, params.seqlen_k, lane);
-    }
+    scores_alone<kBlockN>(gemms, pipeline_k, state, turn, tSrAcc, tSrS, n, partial_tile, params.seqlen_k, lane);
     float correction[2];
     softmax.step(tSrS, correction, factor);
     bool const needs = skip.needs(softmax);
@@ -409,19 +412,12 @@ CUTE_DEVICE int consumer_mainloop_overlap(Params const& params, typename Traits:
     ++state;
   };
   while (Traits::kSkipRows == 1 || __all_sync(0xffffffffu, entry >= 0)) {  // the vote: see entry_in_row
-    // First tile of the segment: S alone (nothing to overlap it with); a branch is free while no wgmma is in flight.
+    // First tile of the segment: S alone (nothing to overlap it with).
     {
       int const n = entry_tile<Traits>(entry);
       ++own_kept;
       float const factor = scale.factor(n);
-      turn.wait_turn();
-      pipeline_k.consumer_wait(state);
-      gemms.issue_qk(state.index(), tSrAcc);
-      turn.pass_turn();
-      warpgroup_wait<0>();
-      pipeline_k.consumer_release(state);
-      if constexpr (kDequantize) convert_scores(tSrAcc, tSrS);
-      if (n == partial_tile) mask_partial_tile<kBlockN>(tSrS, n, partial_tile, params.seqlen_k, lane);
+      scores_alone<kBlockN>(gemms, pipeline_k, state, turn, tSrAcc, tSrS, n, partial_tile, params.seqlen_k, lane);
       softmax.step(tSrS, correction, factor);
       // Only a work tile's first tile finds O still zero; a later segment's rescales O for this max shift.
       if (Traits::kSkipRows > 1) rescale_o(tOrO, correction);
