@@ -110,7 +110,14 @@ def main() -> None:
     parser.add_argument("--video", type=int, default=None, metavar="STEP",
                         help="the synthetic video workload's inputs at this step of 20 instead of random ones")
     args = parser.parse_args()
-    H, S, D = (int(x) for x in args.shape.split(","))
+    try:
+        H, S, D = (int(x) for x in args.shape.split(","))
+    except ValueError:
+        parser.error(f"shape must be three integers H,S,D; got {args.shape!r}")
+    if args.seconds <= 1.5:  # each phase's first second is left out of its clock samples
+        parser.error(f"--seconds must be > 1.5; got {args.seconds}")
+    if args.video is not None and args.video < 0:
+        parser.error(f"--video STEP must be >= 0; got {args.video}")
     runs = engines(H, S, D, inputs=None if args.video is None else video_inputs(H, S, D, args.video))
     if args.mode == "ncu" and args.engine not in runs:
         raise SystemExit(f"ncu mode needs an engine, one of {sorted(runs)}; got {args.engine!r}")
