@@ -64,7 +64,7 @@ def instantiation_source(dtype: str, head_dim: int) -> str:
             f'#include "liteattn/launch.cuh"\n'
             f"template int liteattn::run_fwd_hdim<{DTYPES[dtype]}, {head_dim}>"
             f"(liteattn::FwdArgs const&, cudaStream_t);\n"
-            f"template int64_t liteattn::split_workspace_floats_hdim<{DTYPES[dtype]}, {head_dim}>"
+            f"template int64_t liteattn::workspace_floats_hdim<{DTYPES[dtype]}, {head_dim}>"
             f"(liteattn::FwdArgs const&);\n")
 
 
@@ -83,7 +83,7 @@ def dispatch_source(head_dims, int8_head_dims=None, dtypes=tuple(DTYPES)) -> str
         return f"{fn}<{DTYPES[dtype]}, {d}>(args, {extra}s)" if dtype in dtypes else "-1"
 
     def workspace(dtype, d):
-        return f"split_workspace_floats_hdim<{DTYPES[dtype]}, {d}>(args)" if dtype in dtypes else "0"
+        return f"workspace_floats_hdim<{DTYPES[dtype]}, {d}>(args)" if dtype in dtypes else "0"
 
     cases, workspace_cases = [], []
     for d in head_dims:
@@ -103,7 +103,7 @@ def dispatch_source(head_dims, int8_head_dims=None, dtypes=tuple(DTYPES)) -> str
 
 namespace liteattn {{
 template <class Element, int kHeadDim> int run_fwd_hdim(FwdArgs const& args, cudaStream_t stream);
-template <class Element, int kHeadDim> int64_t split_workspace_floats_hdim(FwdArgs const& args);
+template <class Element, int kHeadDim> int64_t workspace_floats_hdim(FwdArgs const& args);
 template <class Element, int kHeadDim>
 int run_fwd_int8_hdim(FwdArgs const& args, Int8Scales const& scales, cudaStream_t stream);
 
@@ -116,7 +116,7 @@ int fwd_sm90(FwdArgs const& args, void* stream) {{
   }}
 }}
 
-int64_t fwd_sm90_split_workspace_floats(FwdArgs const& args) {{
+int64_t fwd_sm90_workspace_floats(FwdArgs const& args) {{
   bool const is_bf16 = args.dtype == DType::kBFloat16;
   (void)is_bf16;
   switch (args.head_dim) {{

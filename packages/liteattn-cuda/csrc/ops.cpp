@@ -122,6 +122,8 @@ liteattn::FwdArgs make_fwd_args(Tensor const& q, Tensor const& k, Tensor const& 
 void check_launch(int err, liteattn::FwdArgs const& args) {
   STD_TORCH_CHECK(err != -1, "liteattn_cuda: no kernel for head dim ", args.head_dim, " with tiles (", args.block_m,
                   ", ", args.block_n, ")");
+  STD_TORCH_CHECK(err != -3, "liteattn_cuda: internal error: the call's workspace is smaller than "
+                              "fwd_sm90_workspace_floats says");
   STD_TORCH_CHECK(err != -2, "liteattn_cuda: more than 8192 key tiles (256 words per keep row) in a call that runs "
                               "the skip-state kernel (compute_bits, write_bits, tile_gaps, int8 Q/K or head dim 256)");
   STD_TORCH_CHECK(err == 0, "liteattn_cuda: kernel launch failed with CUDA error ", err);
@@ -150,14 +152,14 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, std::optional<Ten
   check_bshd(out, "out", B, 1, D);
   liteattn::FwdArgs args = make_fwd_args(q, k, v, out, lse, compute_bits, write_bits, thresholds, tile_gaps,
                                          skipped_tiles, scale, block_m, block_n, reverse);
-  // Scratch for the pieces of a dense call's last wave, from torch's allocator on the current stream (the one the
-  // kernel runs on), so it is reused only once the kernel is done with it.
-  int64_t const split_floats = liteattn::fwd_sm90_split_workspace_floats(args);
-  std::optional<Tensor> split_workspace;
-  if (split_floats > 0) {
-    split_workspace = torch::stable::new_empty(lse, {split_floats}, ScalarType::Float);
-    args.split_workspace = static_cast<float*>(split_workspace->data_ptr());
-    args.split_workspace_floats = split_floats;
+  // Scratch for the pieces of a dense call's last wave or the padded last key tile, from torch's allocator on the
+  // current stream (the one the kernel runs on), so it is reused only once the kernel is done with it.
+  int64_t const workspace_floats = liteattn::fwd_sm90_workspace_floats(args);
+  std::optional<Tensor> workspace;
+  if (workspace_floats > 0) {
+    workspace = torch::stable::new_empty(lse, {workspace_floats}, ScalarType::Float);
+    args.workspace = static_cast<float*>(workspace->data_ptr());
+    args.workspace_floats = workspace_floats;
   }
   check_launch(liteattn::fwd_sm90(args, reinterpret_cast<void*>(stream)), args);
 }

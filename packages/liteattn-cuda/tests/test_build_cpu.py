@@ -97,15 +97,15 @@ def test_generated_sources():
     inst8 = build_kernels.instantiation_source_int8("bf16", 128)
     assert "launch_int8.cuh" in inst8 and "run_fwd_int8_hdim<cutlass::bfloat16_t, 128>" in inst8
     assert "run_fwd_int8_hdim<cutlass::half_t, 64>(args, sc, s)" in disp
-    assert "split_workspace_floats_hdim<cutlass::bfloat16_t, 128>(args)" in disp
-    assert "split_workspace_floats_hdim<cutlass::half_t, 128>" in build_kernels.instantiation_source("fp16", 128)
+    assert "workspace_floats_hdim<cutlass::bfloat16_t, 128>(args)" in disp
+    assert "workspace_floats_hdim<cutlass::half_t, 128>" in build_kernels.instantiation_source("fp16", 128)
     disp256 = build_kernels.dispatch_source((256,))
     assert "run_fwd_int8_hdim<" not in disp256.split("fwd_int8_sm90(")[1]  # no int8 instantiation at 256
 
 
 STUB_KERNELS = ('#include "liteattn/api.h"\nnamespace liteattn {\n'
                 "int fwd_sm90(FwdArgs const&, void*) { return -1; }\n"
-                "int64_t fwd_sm90_split_workspace_floats(FwdArgs const&) { return 0; }\n"
+                "int64_t fwd_sm90_workspace_floats(FwdArgs const&) { return 0; }\n"
                 "int const* supported_head_dims() { static int d[] = {0}; return d; }\n"
                 "int fwd_int8_sm90(FwdArgs const&, Int8Scales const&, void*) { return -1; }\n"
                 "int const* supported_int8_head_dims() { static int d[] = {0}; return d; }\n"

@@ -19,8 +19,8 @@ struct FwdArgs {
   float const* thresholds;       // (H,) log2 units; read only with write_bits
   float* tile_gaps;              // (B, H, QT, KT), contiguous, pre-filled with -inf, or nullptr
   unsigned long long* skipped_tiles;  // one counter, pre-zeroed: += the key tiles the call skips, or nullptr
-  float* split_workspace;        // fwd_sm90_split_workspace_floats(args) floats, or nullptr: no tail split
-  int64_t split_workspace_floats;
+  float* workspace;              // fwd_sm90_workspace_floats(args) floats, or nullptr when that is 0
+  int64_t workspace_floats;
   int64_t q_stride[3];
   int64_t k_stride[3];
   int64_t v_stride[3];
@@ -32,13 +32,15 @@ struct FwdArgs {
   DType dtype;
 };
 
-// Returns 0 on success, otherwise a cudaError_t value, -1 for an unsupported configuration, or -2 when
-// compute_bits / write_bits rows are longer than the kernel's shared-memory rows (kMaxSkipWords).
+// Returns 0 on success, otherwise a cudaError_t value, -1 for an unsupported configuration, -2 when
+// compute_bits / write_bits rows are longer than the kernel's shared-memory rows (kMaxSkipWords), or -3 when
+// args.workspace is smaller than a call that needs one requires (fwd_sm90_workspace_floats).
 int fwd_sm90(FwdArgs const& args, void* stream);
 
-// fp32 scratch that fwd_sm90 needs to split the last wave of a dense call by keys (tail_split.h), 0 if it does
-// not split; the split is skipped when args.split_workspace is smaller. Depends on the current device's SM count.
-int64_t fwd_sm90_split_workspace_floats(FwdArgs const& args);
+// fp32 scratch that fwd_sm90 needs, 0 if none: the split of a dense call's last wave by keys (tail_split.h; skipped
+// when args.workspace is smaller, and dependent on the current device's SM count), or the padded last key tile of a
+// skip-state call whose kernel masks no keys (KeyPadding in launch.cuh; the call fails without it).
+int64_t fwd_sm90_workspace_floats(FwdArgs const& args);
 
 // Head dims compiled into this build, as a 0-terminated list.
 int const* supported_head_dims();

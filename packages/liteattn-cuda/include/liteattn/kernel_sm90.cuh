@@ -35,6 +35,12 @@ struct KernelParams {
   int num_work_items;
   float* split_o;
   float* split_lse;
+  // Kernels with the flat loop (flat_loop) and Sk not a multiple of kBlockN: the last key tile of every
+  // (b, kv head) with its key_pad missing keys replaced by copies of key Sk - 1 (KeyPadding, launch.cuh), as
+  // (kBlockN, D, Hkv, B), and its TMA descriptor; key_pad = 0 otherwise.
+  typename Traits::TmaKV tma_k_pad;
+  void const* key_pad_tile;
+  int key_pad;
 };
 
 template <class Traits>
@@ -58,9 +64,9 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   __syncthreads();  // barrier inits visible to every role
 
   run_work_tiles<Traits>(params, shared, pipeline_k, pipeline_v,
-                         [&](WorkTile const&, auto tiles, int thread_idx, auto& tOrO, auto& softmax, auto& skip,
+                         [&](WorkTile const& work, auto tiles, int thread_idx, auto& tOrO, auto& softmax, auto& skip,
                              auto& state, int q_round) {
-                           return consumer_mainloop<Traits>(params, shared, pipeline_k, pipeline_v, tiles,
+                           return consumer_mainloop<Traits>(params, work, shared, pipeline_k, pipeline_v, tiles,
                                                             thread_idx, tOrO, softmax, skip, state, q_round);
                          });
 }

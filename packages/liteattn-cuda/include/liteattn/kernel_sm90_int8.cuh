@@ -71,7 +71,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
                                params.k_scale +
                                (int64_t(work.batch) * (params.num_heads / params.head_ratio) + head_kv) *
                                    params.num_k_tiles;
-                           return consumer_mainloop<Traits>(params, shared, pipeline_k, pipeline_v, tiles,
+                           return consumer_mainloop<Traits>(params, work, shared, pipeline_k, pipeline_v, tiles,
                                                             thread_idx, tOrO, softmax, skip, state, q_round,
                                                             Int8ScoreScale{q_scale, k_scale_row});
                          });

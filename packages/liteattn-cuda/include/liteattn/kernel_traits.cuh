@@ -169,15 +169,30 @@ constexpr bool overlapped_loop() {
   return LITEATTN_OVERLAP && Traits::kHeadDim <= 128 && (Traits::kSkipRows == 1 || Traits::kNumMmaWarpgroups == 2);
 }
 
+// Whether an instantiation runs the overlapped loop with a skip row per warpgroup in one tile body
+// (consumer_mainloop_flat): 16-bit kernels with Q in registers and square tiles, so that Q's shared-memory tile,
+// free once Q sits in registers, can serve as a V stage of zeros. Its partial last key tile arrives padded with
+// copies of key Sk - 1 (KeyPadding). -DLITEATTN_FLAT_LOOP=0 builds the segment loop instead (for measurements).
+#ifndef LITEATTN_FLAT_LOOP
+#define LITEATTN_FLAT_LOOP 1
+#endif
+template <class Traits>
+constexpr bool flat_loop() {
+  return LITEATTN_FLAT_LOOP && overlapped_loop<Traits>() && Traits::kSkipRows > 1 && Traits::kQInRegisters &&
+         Traits::kBlockM == Traits::kBlockN;
+}
+
 // The skip state's query tile at head dim 64: 64 rows, one per consumer warpgroup of a 192-row CTA, or (development
 // knob) 128 rows, one per CTA of two warpgroups (or of LITEATTN_BLOCK_M_D64 / 64: 192 measured in the seventeenth
 // round, bench/NOTES-cuda.md).
 #ifndef LITEATTN_SKIP_BLOCK_M_D64
 #define LITEATTN_SKIP_BLOCK_M_D64 64
 #endif
-// At head dim 128: 128 rows, or (development knob) 64, one per warpgroup. 64-row tiles computed 8.3% less over the
-// 20-step video run, but each key tile cost ~8% more (the overlapped loop's ring position, uniform with one skip
-// row, lands in vector registers with two) and the run took 2% longer (eighteenth round).
+// At head dim 128: 128 rows, or (development knob) 64, one per warpgroup. 64-row tiles compute 8.3% less over the
+// 20-step video run. In the segment loop each key tile cost ~8% more (its ring position lands in vector registers)
+// and the run took 2% longer (eighteenth round); the flat loop (flat_loop) costs what the 128-row loop does per
+// tile, but its restarts after other rows' tiles (a PV of zeros, the last PV alone) take most of the gain: the run
+// measured 0.6% faster than with 128-row tiles, inside the run-to-run spread (twenty-first round).
 #ifndef LITEATTN_SKIP_BLOCK_M_D128
 #define LITEATTN_SKIP_BLOCK_M_D128 128
 #endif

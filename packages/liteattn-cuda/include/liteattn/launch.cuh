@@ -26,6 +26,32 @@ inline bool is_dense_call(FwdArgs const& args) {
   return args.compute_bits == nullptr && args.write_bits == nullptr && args.tile_gaps == nullptr;
 }
 
+// The padded last key tile of kernels that mask no keys (flat_loop): per (b, kv head), the last key tile's keys
+// followed by copies of key Sk - 1 where keys past Sk would be, (B, Hkv, kBlockN, D) contiguous. Equal scores keep
+// the tile's max and the skip test exact; TMA zero-fills V past Sk, so O gains nothing from the copies, and
+// discount_key_padding takes them out of the row sums.
+template <class Traits>
+int64_t key_pad_workspace_floats(FwdArgs const& args) {
+  if (!flat_loop<Traits>() || args.seqlen_k % Traits::kBlockN == 0) return 0;
+  int64_t const bytes = int64_t(args.batch) * args.num_heads_kv * Traits::kBlockN * Traits::kHeadDim *
+                        sizeof(typename Traits::Element);
+  return bytes / sizeof(float);
+}
+
+template <class Element, int kBlockN, int kHeadDim>
+__global__ void fill_key_pad_tile(Element const* k, int64_t stride_b, int64_t stride_s, int64_t stride_h,
+                                  int seqlen_k, int num_heads_kv, Element* tile) {
+  constexpr int kChunksPerRow = kHeadDim * int(sizeof(Element)) / 16;  // TMA needs 16-byte aligned rows anyway
+  int const b = blockIdx.x / num_heads_kv, h = blockIdx.x % num_heads_kv;
+  int const first = (seqlen_k - 1) / kBlockN * kBlockN;
+  for (int i = threadIdx.x; i < kBlockN * kChunksPerRow; i += blockDim.x) {
+    int const row = i / kChunksPerRow, chunk = i % kChunksPerRow;
+    int const key = min(first + row, seqlen_k - 1);
+    uint4 const* src = reinterpret_cast<uint4 const*>(k + b * stride_b + key * stride_s + h * stride_h);
+    reinterpret_cast<uint4*>(tile + (int64_t(blockIdx.x) * kBlockN + row) * kHeadDim)[chunk] = src[chunk];
+  }
+}
+
 // Launches one kernel instantiation; the caller has checked that Traits fits the call.
 template <class Traits>
 int launch_fwd(FwdArgs const& args, cudaStream_t stream) {
@@ -67,6 +93,9 @@ int launch_fwd(FwdArgs const& args, cudaStream_t stream) {
       0,
       nullptr,
       nullptr,
+      {},  // tma_k_pad, key_pad_tile, key_pad: set below for the flat loop's calls
+      nullptr,
+      0,
   };
 
   // Kernels with a skip state list the kept tiles of a row (all of them without compute_bits) and stage the
@@ -82,16 +111,34 @@ int launch_fwd(FwdArgs const& args, cudaStream_t stream) {
   // read a keep bitmask measured no faster split (bench/NOTES-cuda.md, fifteenth round).
   if (is_dense_call(args)) {
     TailSplit const split = tail_split_on_device(params.num_work_tiles, params.num_k_tiles);
-    if (args.split_workspace != nullptr &&
+    if (args.workspace != nullptr &&
         tail_split_workspace_floats(split, params.num_work_tiles, Traits::kBlockM, kHeadDim) <=
-            args.split_workspace_floats) {
+            args.workspace_floats) {
       params.split = split;
+    }
+  }
+  if constexpr (flat_loop<Traits>()) {
+    int64_t const pad_floats = key_pad_workspace_floats<Traits>(args);
+    if (pad_floats > 0) {
+      if (args.workspace == nullptr || args.workspace_floats < pad_floats) return -3;
+      auto* tile = reinterpret_cast<Element*>(args.workspace);
+      fill_key_pad_tile<Element, Traits::kBlockN, kHeadDim><<<args.batch * args.num_heads_kv, 256, 0, stream>>>(
+          static_cast<Element const*>(args.k), args.k_stride[0], args.k_stride[1], args.k_stride[2], args.seqlen_k,
+          args.num_heads_kv, tile);
+      Tensor mKpad = make_tensor(make_gmem_ptr(static_cast<Element const*>(tile)),
+                                 ShapeQKV{Traits::kBlockN, kHeadDim, args.num_heads_kv, args.batch},
+                                 StrideQKV{kHeadDim, _1{}, int64_t(Traits::kBlockN) * kHeadDim,
+                                           int64_t(args.num_heads_kv) * Traits::kBlockN * kHeadDim});
+      params.tma_k_pad = make_tma_copy(SM90_TMA_LOAD{}, mKpad, take<0, 2>(typename Traits::SmemLayoutK{}),
+                                       select<1, 2>(typename Traits::TileShapeMNK{}), _1{});
+      params.key_pad_tile = tile;
+      params.key_pad = params.num_k_tiles * Traits::kBlockN - args.seqlen_k;
     }
   }
   params.num_work_items = params.split.num_work_items(params.num_work_tiles);
   int const pieces = params.split.num_pieces(params.num_work_tiles);
-  params.split_o = args.split_workspace;
-  params.split_lse = args.split_workspace + int64_t(pieces) * Traits::kBlockM * Traits::kHeadDim;
+  params.split_o = args.workspace;
+  params.split_lse = args.workspace + int64_t(pieces) * Traits::kBlockM * Traits::kHeadDim;
   int const grid = work_grid_size(params.num_work_items);
   if (grid < 0) return -grid;
   kernel<<<grid, Traits::kNumThreads, smem, stream>>>(params);
@@ -106,11 +153,17 @@ int launch_fwd(FwdArgs const& args, cudaStream_t stream) {
   return int(cudaGetLastError());
 }
 
-// fp32 floats of the workspace a call's tail split needs (0: the call runs without one). Dense calls run the dense
-// geometry (which at head dim 256 is the skip-state kernel's).
+// The kernel of calls with a skip state (and, where DenseGeometry is the same, of dense calls).
 template <class Element, int kHeadDim>
-int64_t split_workspace_floats_hdim(FwdArgs const& args) {
-  if (!is_dense_call(args)) return 0;
+using SkipStateTraits = KernelTraits<kHeadDim, DefaultGeometry<kHeadDim>::kBlockM, DefaultGeometry<kHeadDim>::kBlockN,
+                                     DefaultGeometry<kHeadDim>::kStages, Element, /*kSkipState=*/true,
+                                     DefaultGeometry<kHeadDim>::kSkipRows>;
+
+// fp32 floats of the workspace a call needs (0: none): its tail split (dense calls, which run the dense geometry;
+// at head dim 256 that is the skip-state kernel's) or its padded last key tile (key_pad_workspace_floats).
+template <class Element, int kHeadDim>
+int64_t workspace_floats_hdim(FwdArgs const& args) {
+  if (!is_dense_call(args)) return key_pad_workspace_floats<SkipStateTraits<Element, kHeadDim>>(args);
   using Dense = DenseGeometry<kHeadDim>;
   int const tiles = args.batch * args.num_heads * ((args.seqlen_q + Dense::kBlockM - 1) / Dense::kBlockM);
   TailSplit const split = tail_split_on_device(tiles, (args.seqlen_k + Dense::kBlockN - 1) / Dense::kBlockN);
@@ -120,8 +173,7 @@ int64_t split_workspace_floats_hdim(FwdArgs const& args) {
 template <class Element, int kHeadDim>
 int run_fwd_hdim(FwdArgs const& args, cudaStream_t stream) {
   using Geometry = DefaultGeometry<kHeadDim>;
-  using Traits = KernelTraits<kHeadDim, Geometry::kBlockM, Geometry::kBlockN, Geometry::kStages, Element,
-                              /*kSkipState=*/true, Geometry::kSkipRows>;
+  using Traits = SkipStateTraits<Element, kHeadDim>;
   if (args.block_m != Traits::kSkipBlockM || args.block_n != Traits::kBlockN) return -1;
   using Dense = DenseGeometry<kHeadDim>;
   if constexpr (Dense::kBlockN != Geometry::kBlockN || Dense::kBlockM != Geometry::kBlockM || Geometry::kSkipRows > 1) {

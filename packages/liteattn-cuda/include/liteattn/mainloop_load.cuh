@@ -43,6 +43,18 @@ CUTE_DEVICE bool producer_load(Params const& params, typename Traits::SharedStor
   // then arms the full barrier with the stage's byte count; consumers wait on the full barrier.
   auto load_k = [&, &tKgK = tKgK, &tKsK = tKsK](int n, PipelineState const& at) {  // C++17: bindings by init-capture
     pipeline_k.producer_acquire(at);
+    if constexpr (flat_loop<Traits>()) {
+      // The partial last key tile from its padded copy (KernelParams::key_pad_tile): the flat loop masks nothing.
+      if (params.key_pad > 0 && n == params.num_k_tiles - 1) {
+        Tensor mKpad = params.tma_k_pad.get_tma_tensor(make_shape(int32_t(Traits::kBlockN), int32_t(Traits::kHeadDim),
+                                                                  get<2>(params.shape_k), get<3>(params.shape_k)));
+        Tensor gKpad = local_tile(mKpad(_, _, head_kv, work.batch), tile_kv, make_coord(_0{}, _0{}));  // (BN, D)
+        auto [tKgKpad, tKsKpad] = tma_partition(params.tma_k_pad, _0{}, Layout<_1>{}, group_modes<0, 2>(sK),
+                                                group_modes<0, 2>(gKpad));
+        copy(params.tma_k_pad.with(*pipeline_k.producer_get_barrier(at), 0), tKgKpad, tKsKpad(_, at.index()));
+        return;
+      }
+    }
     copy(params.tma_k.with(*pipeline_k.producer_get_barrier(at), 0), tKgK(_, n), tKsK(_, at.index()));
   };
   auto load_v = [&, &tVgV = tVgV, &tVsV = tVsV](int n, PipelineState const& at) {

@@ -454,6 +454,189 @@ CUTE_DEVICE int consumer_mainloop_overlap(Params const& params, typename Traits:
   return Traits::kSkipRows == 1 ? tiles.count() : own_kept;
 }
 
+// This thread's consumer warpgroup, as a value the compiler knows to be the same in every thread of a warp (votes).
+// Tests of list entries against it then stay uniform, and with them the K/V ring position the flat loop advances
+// by their answers; computed as thread_idx / 128 it moved to vector registers (bench/NOTES-cuda.md, nineteenth
+// round).
+template <class Traits>
+CUTE_DEVICE int warpgroup_index(int thread_idx) {
+  int wg = 0;
+  CUTE_UNROLL
+  for (int w = 1; w < Traits::kNumMmaWarpgroups; ++w) wg += __all_sync(0xffffffffu, thread_idx >= 128 * w) ? 1 : 0;
+  return wg;
+}
+
+// Once every consumer thread holds its Q in registers (load_q), Q's shared-memory tile is overwritten with zeros: the
+// flat loop reads it as a V stage whose product with any finite P adds nothing to O. Until release_q nothing else
+// writes it (the producer loads the next work tile's Q only after that). The async-proxy fence orders the zeros
+// before the wgmma's that read them and before the next Q's TMA write.
+template <class Traits>
+CUTE_DEVICE void zero_q_tile(typename Traits::SharedStorage& shared, int thread_idx) {
+  constexpr int kChunks = sizeof(shared.smem_q) / sizeof(uint4);
+  static_assert(kChunks % Traits::kNumMmaThreads == 0);
+  consumer_sync<Traits::kNumMmaThreads>();  // every ldmatrix of Q has read it
+  uint4* chunks = reinterpret_cast<uint4*>(shared.smem_q.data());
+  CUTE_UNROLL
+  for (int i = thread_idx; i < kChunks; i += Traits::kNumMmaThreads) chunks[i] = make_uint4(0u, 0u, 0u, 0u);
+  cutlass::arch::fence_view_async_shared();
+  consumer_sync<Traits::kNumMmaThreads>();
+}
+
+// The V stage index through which the PV wgmma's descriptors reach Q's tile (negative: Q lies before K and V in
+// shared memory, a whole number of stages before V).
+template <class Traits>
+CUTE_DEVICE int q_tile_as_v_stage(typename Traits::SharedStorage& shared) {
+  constexpr int kStageBytes = Traits::kBlockN * Traits::kHeadDim * sizeof(typename Traits::Element);
+  static_assert(sizeof(shared.smem_q) == kStageBytes, "Q's tile is one V stage");
+  static_assert((offsetof(typename Traits::SharedStorage, smem_v) - offsetof(typename Traits::SharedStorage, smem_q)) %
+                    kStageBytes == 0, "Q's tile starts a whole number of V stages before V");
+  return -int((offsetof(typename Traits::SharedStorage, smem_v) - offsetof(typename Traits::SharedStorage, smem_q)) /
+              kStageBytes);
+}
+
+// The flat loop's partial last key tile arrives with its missing keys replaced by copies of key Sk - 1 and their
+// values zero (the producer loads it from KeyPadding's tile, launch.cuh): the tile's max, the skip test and O are
+// those of its real keys, and only the row sums hold key_pad extra copies of key Sk - 1's probability. A warpgroup
+// whose row computes that tile removes them once its running max is final (discount). The score is computed from Q's
+// registers before the key loop (fp32, within rounding of the wgmma's): after it, this code made ptxas move the
+// loop's ring position to vector registers.
+struct KeyPadDiscount {
+  float score[2];  // q . k(Sk - 1) of this thread's two rows (raw, unscaled)
+  float copies;    // key_pad, or 0 when this warpgroup's row does not compute the last key tile
+
+  CUTE_DEVICE void discount(OnlineSoftmax& softmax, int thread_idx) const {
+    if (copies == 0.f) return;
+    CUTE_UNROLL
+    for (int r = 0; r < 2; ++r) {
+      float const p = fast_exp2(fmaf(score[r], softmax.scale_log2, -softmax.row_max[r] * softmax.scale_log2));
+      // Row sums are partial per thread until finalize: one thread of each quad discounts.
+      if (thread_idx % 4 == 0) softmax.row_sum[r] -= copies * p;
+    }
+  }
+};
+
+template <class Traits, class Params, class Gemms, class TileList>
+CUTE_DEVICE KeyPadDiscount key_pad_discount(Params const& params, Gemms const& gemms, TileList const& tiles,
+                                            WorkTile const& work, int wg, int thread_idx) {
+  KeyPadDiscount d{{0.f, 0.f}, 0.f};
+  if (params.key_pad == 0) return d;
+  // The list ascends: the last key tile, when listed, is its last entry.
+  int const last = tiles.list[tiles.num_kept];
+  if (entry_tile<Traits>(last) != params.num_k_tiles - 1 || ((last >> (16 + wg)) & 1) == 0) return d;
+  using Element = typename Traits::Element;
+  constexpr int kHeadDim = Traits::kHeadDim;
+  int const head_kv = work.head / params.head_ratio;
+  Element const* key = static_cast<Element const*>(params.key_pad_tile) +
+                       ((int64_t(work.batch) * (params.num_heads / params.head_ratio) + head_kv) * Traits::kBlockN +
+                        Traits::kBlockN - 1) * kHeadDim;
+  auto thr_qk = gemms.mma_qk.get_thread_slice(thread_idx);
+  Tensor tScQ = thr_qk.partition_A(make_identity_tensor(Shape<Int<Traits::kBlockM>, Int<kHeadDim>>{}));
+  CUTE_STATIC_ASSERT_V(size(tScQ) == size(gemms.tSrQ));
+  int const row0 = get<0>(tScQ(0));
+  float dot[2] = {0.f, 0.f};
+  CUTE_UNROLL
+  for (int i = 0; i < size(tScQ); ++i) {
+    int const r = get<0>(tScQ(i)) == row0 ? 0 : 1;
+    dot[r] = fmaf(float(gemms.tSrQ(i)), float(key[get<1>(tScQ(i))]), dot[r]);
+  }
+  d.score[0] = quad_sum(dot[0]);
+  d.score[1] = quad_sum(dot[1]);
+  d.copies = float(params.key_pad);
+  return d;
+}
+
+// The overlapped loop with a skip row per warpgroup in one tile body (flat_loop): for each list entry a warpgroup
+// either computes the tile, S(n) issued with P(p) V(p) of its previous tile, or lets it pass after issuing that
+// pending PV (holding V(p) while passing could deadlock: K(n) may sit behind V stages only the passing frees). Its
+// next own tile then issues P times Q's zeroed tile instead of a PV. Bodies that differ (an S-alone first tile, a
+// masked partial tile) made ptxas keep the list and K/V ring positions in vector registers: 64 R2UR and ~8% more
+// time per key tile (bench/NOTES-cuda.md, eighteenth and nineteenth rounds). Hence no mask: the partial last key
+// tile is padded (discount_key_padding).
+template <class Traits, class Params, class TensorO, class SkipWriter, class TileIterator>
+CUTE_DEVICE int consumer_mainloop_flat(Params const& params, typename Traits::SharedStorage& shared,
+                                       typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
+                                       TileIterator tiles, int thread_idx, TensorO& tOrO, OnlineSoftmax& softmax,
+                                       SkipWriter& skip, typename Traits::PipelineState& state, int q_round,
+                                       WorkTile const& work) {
+  using Element = typename Traits::Element;
+  auto gemms = key_tile_gemms<Traits>(shared, thread_idx);
+  Tensor tSrS = partition_fragment_C(gemms.mma_qk, select<0, 1>(typename Traits::TileShapeMNK{}));  // (MMA, M, N)
+  CUTE_STATIC_ASSERT_V(size<1>(tSrS) == _1{} && size<2>(tSrS) == _1{});
+  Tensor rP = make_tensor<Element>(tSrS.layout());                              // (MMA, MMA_M, MMA_N)
+  Tensor tOrP = make_tensor(rP.data(), acc_layout_as_a_operand(rP.layout()));  // (MMA, MMA_M, MMA_K)
+  clear(rP);  // finite: the first tile multiplies it by the zero tile
+  __shared__ float row_sum_sink[Traits::kNumMmaThreads * 2];  // see consumer_mainloop_overlap
+  uint32_t const sink_addr = cute::cast_smem_ptr_to_uint(&row_sum_sink[thread_idx * 2]);
+
+  int const lane = thread_idx % 32;
+  int const wg = warpgroup_index<Traits>(thread_idx);
+  shared.barrier_q.wait(q_round & 1);
+  load_q<Traits>(shared, thread_idx, gemms);
+  zero_q_tile<Traits>(shared, thread_idx);
+  int const zero_stage = q_tile_as_v_stage<Traits>(shared);
+  KeyPadDiscount const pad = key_pad_discount<Traits>(params, gemms, tiles, work, wg, thread_idx);
+
+  auto last_pv = [&](auto const& at) {
+    pipeline_v.consumer_wait(at);
+    gemms.issue_pv(tOrP, at.index(), tOrO);
+    warpgroup_wait<0>();
+    pipeline_v.consumer_release(at);
+  };
+  int own_kept = 0;
+  bool pv_pending = false;  // P(p) V(p) of this warpgroup's previous tile is still to be issued
+  auto state_v = state;     // the ring position of that tile's V
+  float correction[2];
+  for (int entry = tiles.next(), entry_next; entry >= 0; entry = entry_next) {
+    if (entry >= 0 && ((entry >> (16 + wg)) & 1) != 0) {  // not entry_in_row: see warpgroup_index
+      int const n = entry_tile<Traits>(entry);
+      ++own_kept;
+      pipeline_k.consumer_wait(state);
+      // Branch-free (a branch here moved the ring position to vector registers): wait for V(p) when a PV is pending,
+      // else once more for K(n), which has landed.
+      auto* full = pv_pending ? &shared.pipeline_v.full_barrier_[state_v.index()]
+                              : &shared.pipeline_k.full_barrier_[state.index()];
+      cutlass::arch::ClusterBarrier::wait(reinterpret_cast<uint64_t const*>(full),
+                                          pv_pending ? state_v.phase() : state.phase());
+      gemms.issue_qk(state.index(), tSrS);
+      gemms.issue_pv(tOrP, pv_pending ? state_v.index() : zero_stage, tOrO);
+      entry_next = tiles.next();
+      warpgroup_wait<1>();  // S(n) landed; PV(p) may still run
+      pipeline_k.consumer_release(state);
+      softmax.step(tSrS, correction);
+      bool const needs = skip.row_needs(softmax);
+      // Keeps every exp2 ahead of the PV wait, as pinned_exp2s does for the skip-state kernels at head dim 128.
+      asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(sink_addr), "f"(softmax.pinned_sum[0]),
+                   "f"(softmax.pinned_sum[1]) : "memory");
+      warpgroup_wait<0>();  // PV(p) done: O and the P registers are free again
+      // The pipeline's release of V(p) (every consumer thread arrives, as in consumer_release), when there was one.
+      cutlass::arch::ClusterBarrier::arrive(
+          reinterpret_cast<uint64_t const*>(&shared.pipeline_v.empty_barrier_[state_v.index()]), 0u,
+          uint32_t(pv_pending));
+      skip.commit(n, needs, lane);
+      skip.record_gap(n, softmax, lane);
+      convert_fragment_into(tSrS, rP);
+      // O for S(n)'s max shift after the PV wait, as in consumer_mainloop_overlap.
+      rescale_o(tOrO, correction);
+      state_v = state;
+      ++state;
+      pv_pending = true;
+    } else {
+      if (pv_pending) last_pv(state_v);
+      pv_pending = false;
+      pipeline_k.consumer_wait(state);
+      pipeline_k.consumer_release(state);
+      pipeline_v.consumer_wait(state);
+      pipeline_v.consumer_release(state);
+      ++state;
+      entry_next = tiles.next();
+    }
+  }
+  if (pv_pending) last_pv(state_v);
+  pad.discount(softmax, thread_idx);
+  release_q(shared);
+  return own_kept;
+}
+
 // The consumers' key loop of one work tile (at least one kept key tile); leaves the unnormalised O in tOrO and
 // returns how many tiles the thread's skip row computed.
 // `state` is the K/V ring position carried across work tiles; `q_round` the number of Q loads before this tile's.
@@ -461,7 +644,7 @@ CUTE_DEVICE int consumer_mainloop_overlap(Params const& params, typename Traits:
 // softmax, skip test and PV run on the dequantised scores unchanged.
 template <class Traits, class Params, class TensorO, class SkipWriter, class TileIterator,
           class ScoreScale = ExactScores>
-CUTE_DEVICE int consumer_mainloop(Params const& params, typename Traits::SharedStorage& shared,
+CUTE_DEVICE int consumer_mainloop(Params const& params, WorkTile const& work, typename Traits::SharedStorage& shared,
                                   typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
                                   TileIterator tiles, int thread_idx, TensorO& tOrO, OnlineSoftmax& softmax,
                                   SkipWriter& skip, typename Traits::PipelineState& state, int q_round,
@@ -474,7 +657,10 @@ CUTE_DEVICE int consumer_mainloop(Params const& params, typename Traits::SharedS
   // cause is not known (bench/NOTES-cuda.md, eighteenth round), so it does not build.
   static_assert(overlapped_loop<Traits>() || Traits::kSkipRows == 1 || Traits::kHeadDim == 64,
                 "the serial loop with a skip row per warpgroup is only validated at head dim 64");
-  if constexpr (overlapped_loop<Traits>()) {
+  if constexpr (flat_loop<Traits>()) {
+    return consumer_mainloop_flat<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO, softmax,
+                                          skip, state, q_round, work);
+  } else if constexpr (overlapped_loop<Traits>()) {
     return consumer_mainloop_overlap<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO,
                                              softmax, skip, state, q_round, scale);
   } else {

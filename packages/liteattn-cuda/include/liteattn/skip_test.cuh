@@ -28,7 +28,7 @@ CUTE_DEVICE void consumer_sync() {
 
 // kThreads consumer threads share one row of the state: all of them, or (a skip row per warpgroup) 128. Their
 // indices in begin / end count from 0 within the row's threads.
-template <int kThreads>
+template <int kThreads, bool kVotedFlags = false>
 struct SkipTestWriter {
   uint32_t* smem_words;   // kMaxSkipWords words in shared memory
   int32_t* gmem_words;    // this CTA's row of write_bits, or nullptr: no skip test
@@ -37,6 +37,10 @@ struct SkipTestWriter {
   bool row_valid[2];      // this thread's two rows are < Sq
   float* gmem_gaps;       // this CTA's row of tile_gaps (KT floats), or nullptr
   int barrier_id;         // named barrier over the kThreads threads of the row
+  // kVotedFlags: the branches on "writes" and "records gaps" test these, gmem_words != nullptr and
+  // gmem_gaps != nullptr as warp votes, which the compiler knows to be uniform (consumer_mainloop_flat needs that).
+  bool writes;
+  bool gaps;
   int word = -1;          // the 32-tile word whose votes `bits` holds
   uint32_t bits = 0u;     // this thread's votes for the tiles of `word`
 
@@ -53,7 +57,10 @@ struct SkipTestWriter {
     }
   }
 
-  CUTE_DEVICE bool enabled() const { return gmem_words != nullptr; }
+  CUTE_DEVICE bool enabled() const {
+    if constexpr (kVotedFlags) return writes;
+    return gmem_words != nullptr;
+  }
 
   // Clear the shared bitmask; every consumer thread calls this before the key loop.
   CUTE_DEVICE void begin(int thread_idx) const {
@@ -109,7 +116,7 @@ struct SkipTestWriter {
   }
 
   CUTE_DEVICE void record_gap(int n, OnlineSoftmax const& softmax, int lane) const {
-    if (gmem_gaps == nullptr) return;
+    if (kVotedFlags ? !gaps : gmem_gaps == nullptr) return;
     float g = -INFINITY;
     CUTE_UNROLL
     for (int r = 0; r < 2; ++r) g = row_valid[r] ? fmaxf(g, gap(softmax, r)) : g;

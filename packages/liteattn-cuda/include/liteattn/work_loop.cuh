@@ -149,13 +149,20 @@ CUTE_DEVICE auto skip_test_writer(Params const& params, typename Traits::SharedS
                                   int thread_idx) {
   if constexpr (Traits::kSkipState) {
     // A row votes only if it is a real query row (rows of this thread as in the epilogue).
-    using Writer = SkipTestWriter<skip_row_threads<Traits>()>;
+    using Writer = SkipTestWriter<skip_row_threads<Traits>(), flat_loop<Traits>()>;
     int const group = skip_row_group<Traits>(thread_idx);
     int const skip_row = skip_row_of<Traits>(params, work, group);
     int const row0 = work.m_block * Traits::kBlockM + acc_tile_row(thread_idx);
     bool const valid[2] = {row0 < params.seqlen_q, row0 + 8 < params.seqlen_q};
     float const threshold = params.write_bits == nullptr ? 0.f : __ldg(params.thresholds + work.head);
     bool const has_row = skip_row >= 0;  // a warpgroup past the last query tile writes nothing
+    // Only the flat loop's writer reads these votes (SkipTestWriter::kVotedFlags; bench/NOTES-cuda.md, nineteenth
+    // round): the other kernels keep their pointer tests, whose code was measured.
+    bool writes = false, gaps = false;
+    if constexpr (flat_loop<Traits>()) {
+      writes = __all_sync(0xffffffffu, params.write_bits != nullptr && has_row);
+      gaps = __all_sync(0xffffffffu, params.tile_gaps != nullptr && has_row);
+    }
     return Writer{
         shared.skip_words + group * kMaxSkipWords,
         params.write_bits != nullptr && has_row ? params.write_bits + int64_t(skip_row) * params.num_words : nullptr,
@@ -163,7 +170,9 @@ CUTE_DEVICE auto skip_test_writer(Params const& params, typename Traits::SharedS
         {Writer::row_threshold_of(threshold, valid[0]), Writer::row_threshold_of(threshold, valid[1])},
         {valid[0], valid[1]},
         params.tile_gaps != nullptr && has_row ? params.tile_gaps + int64_t(skip_row) * params.num_k_tiles : nullptr,
-        Traits::kSkipRows == 1 ? kSkipBarrierId : kSkipBarrierId + 1 + group};
+        Traits::kSkipRows == 1 ? kSkipBarrierId : kSkipBarrierId + 1 + group,
+        writes,
+        gaps};
   } else {
     return NoSkipTest{};
   }
