@@ -39,7 +39,7 @@ int fwd_sm90(FwdArgs const& args, void* stream);
 
 // fp32 scratch that fwd_sm90 needs, 0 if none: the split of a dense call's last wave by keys (tail_split.h; skipped
 // when args.workspace is smaller, and dependent on the current device's SM count), or the padded last key tile of a
-// skip-state call whose kernel masks no keys (KeyPadding in launch.cuh; the call fails without it).
+// skip-state call whose kernel masks no keys (key_pad_workspace_floats in launch.cuh; the call fails without it).
 int64_t fwd_sm90_workspace_floats(FwdArgs const& args);
 
 // Head dims compiled into this build, as a 0-terminated list.

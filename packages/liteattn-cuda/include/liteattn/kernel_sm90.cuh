@@ -36,7 +36,7 @@ struct KernelParams {
   float* split_o;
   float* split_lse;
   // Kernels with the flat loop (flat_loop) and Sk not a multiple of kBlockN: the last key tile of every
-  // (b, kv head) with its key_pad missing keys replaced by copies of key Sk - 1 (KeyPadding, launch.cuh), as
+  // (b, kv head) with its key_pad missing keys replaced by copies of key Sk - 1 (fill_key_pad_tile, launch.cuh), as
   // (kBlockN, D, Hkv, B), and its TMA descriptor; key_pad = 0 otherwise.
   typename Traits::TmaKV tma_k_pad;
   void const* key_pad_tile;

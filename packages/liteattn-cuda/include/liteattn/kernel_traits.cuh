@@ -172,7 +172,7 @@ constexpr bool overlapped_loop() {
 // Whether an instantiation runs the overlapped loop with a skip row per warpgroup in one tile body
 // (consumer_mainloop_flat): 16-bit kernels with Q in registers and square tiles, so that Q's shared-memory tile,
 // free once Q sits in registers, can serve as a V stage of zeros. Its partial last key tile arrives padded with
-// copies of key Sk - 1 (KeyPadding). -DLITEATTN_FLAT_LOOP=0 builds the segment loop instead (for measurements).
+// copies of key Sk - 1 (KeyPadDiscount). -DLITEATTN_FLAT_LOOP=0 builds the segment loop instead (for measurements).
 #ifndef LITEATTN_FLAT_LOOP
 #define LITEATTN_FLAT_LOOP 1
 #endif

@@ -495,11 +495,11 @@ CUTE_DEVICE int q_tile_as_v_stage(typename Traits::SharedStorage& shared) {
 }
 
 // The flat loop's partial last key tile arrives with its missing keys replaced by copies of key Sk - 1 and their
-// values zero (the producer loads it from KeyPadding's tile, launch.cuh): the tile's max, the skip test and O are
-// those of its real keys, and only the row sums hold key_pad extra copies of key Sk - 1's probability. A warpgroup
-// whose row computes that tile removes them once its running max is final (discount). The score is computed from Q's
-// registers before the key loop (fp32, within rounding of the wgmma's): after it, this code made ptxas move the
-// loop's ring position to vector registers.
+// values zero (the producer loads it from the copy that fill_key_pad_tile writes, launch.cuh): the tile's max, the
+// skip test and O are those of its real keys, and only the row sums hold key_pad extra copies of key Sk - 1's
+// probability. A warpgroup whose row computes that tile removes them once its running max is final (discount). The
+// score is computed from Q's registers before the key loop (fp32, within rounding of the wgmma's): computed after
+// it, this code made ptxas move the loop's ring position to vector registers.
 struct KeyPadDiscount {
   float score[2];  // q . k(Sk - 1) of this thread's two rows (raw, unscaled)
   float copies;    // key_pad, or 0 when this warpgroup's row does not compute the last key tile
@@ -551,7 +551,7 @@ CUTE_DEVICE KeyPadDiscount key_pad_discount(Params const& params, Gemms const& g
 // next own tile then issues P times Q's zeroed tile instead of a PV. Bodies that differ (an S-alone first tile, a
 // masked partial tile) made ptxas keep the list and K/V ring positions in vector registers: 64 R2UR and ~8% more
 // time per key tile (bench/NOTES-cuda.md, eighteenth and nineteenth rounds). Hence no mask: the partial last key
-// tile is padded (discount_key_padding).
+// tile is padded (KeyPadDiscount).
 template <class Traits, class Params, class TensorO, class SkipWriter, class TileIterator>
 CUTE_DEVICE int consumer_mainloop_flat(Params const& params, typename Traits::SharedStorage& shared,
                                        typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
