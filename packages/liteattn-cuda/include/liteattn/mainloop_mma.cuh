@@ -231,19 +231,26 @@ CUTE_DEVICE bool entry_in_row(int entry, int wg) {
   }
 }
 
-// With a skip row per warpgroup: from list entry `entry` on, let the tiles of the other warpgroups' rows pass up to
-// this warpgroup's next one, which it returns (-1: none left). A warpgroup waits for a passing tile's K and V like
-// any tile before releasing them, so that every stage's full and empty barriers keep counting one phase per fill.
+// A tile of another warpgroup's row: the warpgroup waits for its K and V like any tile before releasing them, so
+// that every stage's full and empty barriers keep counting one phase per fill.
+template <class Traits>
+CUTE_DEVICE void pass_tile(typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
+                           typename Traits::PipelineState& state) {
+  pipeline_k.consumer_wait(state);
+  pipeline_k.consumer_release(state);
+  pipeline_v.consumer_wait(state);
+  pipeline_v.consumer_release(state);
+  ++state;
+}
+
+// With a skip row per warpgroup: from list entry `entry` on, let the tiles of the other warpgroups' rows pass
+// (pass_tile) up to this warpgroup's next one, which it returns (-1: none left).
 template <class Traits, class TileIterator>
 CUTE_DEVICE int pass_to_own(int entry, int wg, TileIterator& tiles, typename Traits::Pipeline& pipeline_k,
                             typename Traits::Pipeline& pipeline_v, typename Traits::PipelineState& state) {
   if constexpr (Traits::kSkipRows > 1) {
     while (entry_in_row<Traits, /*kOwn=*/false>(entry, wg)) {
-      pipeline_k.consumer_wait(state);
-      pipeline_k.consumer_release(state);
-      pipeline_v.consumer_wait(state);
-      pipeline_v.consumer_release(state);
-      ++state;
+      pass_tile<Traits>(pipeline_k, pipeline_v, state);
       entry = tiles.next();
     }
   }
@@ -466,6 +473,13 @@ CUTE_DEVICE int warpgroup_index(int thread_idx) {
   return wg;
 }
 
+// Whether list entry `entry` (a tile, not the list's end) is one that warpgroup `wg` (warpgroup_index) computes, as a
+// plain test: a vote here (entry_in_row) moved the flat loop's ring position to vector registers.
+template <class Traits>
+CUTE_DEVICE bool entry_owned_by(int entry, int wg) {
+  return ((entry >> (16 + wg)) & 1) != 0;
+}
+
 // Once every consumer thread holds its Q in registers (load_q), Q's shared-memory tile is overwritten with zeros: the
 // flat loop reads it as a V stage whose product with any finite P adds nothing to O. Until release_q nothing else
 // writes it (the producer loads the next work tile's Q only after that). The async-proxy fence orders the zeros
@@ -488,10 +502,10 @@ template <class Traits>
 CUTE_DEVICE int q_tile_as_v_stage(typename Traits::SharedStorage& shared) {
   constexpr int kStageBytes = Traits::kBlockN * Traits::kHeadDim * sizeof(typename Traits::Element);
   static_assert(sizeof(shared.smem_q) == kStageBytes, "Q's tile is one V stage");
-  static_assert((offsetof(typename Traits::SharedStorage, smem_v) - offsetof(typename Traits::SharedStorage, smem_q)) %
-                    kStageBytes == 0, "Q's tile starts a whole number of V stages before V");
-  return -int((offsetof(typename Traits::SharedStorage, smem_v) - offsetof(typename Traits::SharedStorage, smem_q)) /
-              kStageBytes);
+  constexpr size_t kQBeforeV =
+      offsetof(typename Traits::SharedStorage, smem_v) - offsetof(typename Traits::SharedStorage, smem_q);
+  static_assert(kQBeforeV % kStageBytes == 0, "Q's tile starts a whole number of V stages before V");
+  return -int(kQBeforeV / kStageBytes);
 }
 
 // The flat loop's partial last key tile arrives with its missing keys replaced by copies of key Sk - 1 and their
@@ -522,7 +536,7 @@ CUTE_DEVICE KeyPadDiscount key_pad_discount(Params const& params, Gemms const& g
   if (params.key_pad == 0) return d;
   // The list ascends: the last key tile, when listed, is its last entry.
   int const last = tiles.list[tiles.num_kept];
-  if (entry_tile<Traits>(last) != params.num_k_tiles - 1 || ((last >> (16 + wg)) & 1) == 0) return d;
+  if (entry_tile<Traits>(last) != params.num_k_tiles - 1 || !entry_owned_by<Traits>(last, wg)) return d;
   using Element = typename Traits::Element;
   constexpr int kHeadDim = Traits::kHeadDim;
   int const head_kv = work.head / params.head_ratio;
@@ -587,7 +601,7 @@ CUTE_DEVICE int consumer_mainloop_flat(Params const& params, typename Traits::Sh
   auto state_v = state;     // the ring position of that tile's V
   float correction[2];
   for (int entry = tiles.next(), entry_next; entry >= 0; entry = entry_next) {
-    if (entry >= 0 && ((entry >> (16 + wg)) & 1) != 0) {  // not entry_in_row: see warpgroup_index
+    if (entry_owned_by<Traits>(entry, wg)) {  // entry >= 0 here
       int const n = entry_tile<Traits>(entry);
       ++own_kept;
       pipeline_k.consumer_wait(state);
@@ -623,11 +637,7 @@ CUTE_DEVICE int consumer_mainloop_flat(Params const& params, typename Traits::Sh
     } else {
       if (pv_pending) last_pv(state_v);
       pv_pending = false;
-      pipeline_k.consumer_wait(state);
-      pipeline_k.consumer_release(state);
-      pipeline_v.consumer_wait(state);
-      pipeline_v.consumer_release(state);
-      ++state;
+      pass_tile<Traits>(pipeline_k, pipeline_v, state);
       entry_next = tiles.next();
     }
   }
