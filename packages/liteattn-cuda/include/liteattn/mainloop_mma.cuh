@@ -13,20 +13,47 @@
 
 namespace liteattn {
 
+// The smallest wgmma (64 x 8 x 16) from the first K slice of A and B into `scratch`: what a batch that computes
+// nothing issues, so that every path commits a non-empty batch. Left empty, ptxas closed it with a placeholder of its
+// own after the branch, which made the next wait for S also wait for the PV. The caller keeps `scratch` live (a dead
+// result let ptxas replace this by its own placeholder).
+template <class Element, class TA, class TB>
+CUTE_DEVICE void placeholder_wgmma(TA const& tCrA, TB const& tCrB, float (&d)[4]) {
+  static_assert(sizeof(Element) == 2, "a 16-bit RS batch");
+  auto const a = recast<uint32_t const>(tCrA(_, _, 0));
+  uint64_t const desc = tCrB(0, 0, 0);
+  if constexpr (std::is_same_v<Element, cutlass::half_t>) {
+    asm volatile("wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 {%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, 0, 1, 1, 1;\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a(0)), "r"(a(1)), "r"(a(2)), "r"(a(3)), "l"(desc));
+  } else {
+    asm volatile("wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 {%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, 0, 1, 1, 1;\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a(0)), "r"(a(1)), "r"(a(2)), "r"(a(3)), "l"(desc));
+  }
+}
+
 // One wgmma batch over the K extent of the fragments; kZeroInit overwrites the accumulator, kARegs says
-// A is a register fragment (RS wgmma) whose registers must be fenced too.
+// A is a register fragment (RS wgmma) whose registers must be fenced too. With `issue` false (warp-uniform) the batch
+// is committed empty, so the caller's wait counts stay those of an issued batch.
 template <bool kZeroInit, bool kARegs, class TiledMma, class TA, class TB, class TC>
-CUTE_DEVICE void wgmma_gemm(TiledMma& mma, TA const& tCrA, TB const& tCrB, TC& tCrC) {
+CUTE_DEVICE void wgmma_gemm(TiledMma& mma, TA const& tCrA, TB const& tCrB, TC& tCrC, bool issue = true,
+                            float (*scratch)[4] = nullptr) {
   if constexpr (kARegs) warpgroup_fence_operand(const_cast<TA&>(tCrA));
   warpgroup_fence_operand(tCrC);
   warpgroup_arrive();
   if constexpr (kZeroInit) mma.accumulate_ = GMMA::ScaleOut::Zero;
-  CUTE_UNROLL
-  for (int k = 0; k < size<2>(tCrA); ++k) {
-    cute::gemm(mma, tCrA(_, _, k), tCrB(_, _, k), tCrC);
-    mma.accumulate_ = GMMA::ScaleOut::One;
+  if (issue) {
+    CUTE_UNROLL
+    for (int k = 0; k < size<2>(tCrA); ++k) {
+      cute::gemm(mma, tCrA(_, _, k), tCrB(_, _, k), tCrC);
+      mma.accumulate_ = GMMA::ScaleOut::One;
+    }
+    warpgroup_commit_batch();
+  } else {
+    if constexpr (kARegs) placeholder_wgmma<typename TA::value_type>(tCrA, tCrB, *scratch);
+    warpgroup_commit_batch();
   }
-  warpgroup_commit_batch();
   warpgroup_fence_operand(tCrC);
   if constexpr (kARegs) warpgroup_fence_operand(const_cast<TA&>(tCrA));
 }
@@ -46,10 +73,11 @@ struct KeyTileGemms {
   CUTE_DEVICE void issue_qk(int stage, TensorS& tSrS) {
     wgmma_gemm</*kZeroInit=*/true, kQInRegisters>(mma_qk, tSrQ, tSrK(_, _, _, stage), tSrS);
   }
-  // O += P V[stage], P from registers
+  // O += P V[stage], P from registers; nothing, in an empty committed batch, unless `issue`
   template <class TensorP, class TensorO>
-  CUTE_DEVICE void issue_pv(TensorP const& tOrP, int stage, TensorO& tOrO) {
-    wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP, tOrV(_, _, _, stage), tOrO);
+  CUTE_DEVICE void issue_pv(TensorP const& tOrP, int stage, TensorO& tOrO, bool issue = true,
+                            float (*scratch)[4] = nullptr) {
+    wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP, tOrV(_, _, _, stage), tOrO, issue, scratch);
   }
 };
 
@@ -480,34 +508,6 @@ CUTE_DEVICE bool entry_owned_by(int entry, int wg) {
   return ((entry >> (16 + wg)) & 1) != 0;
 }
 
-// Once every consumer thread holds its Q in registers (load_q), Q's shared-memory tile is overwritten with zeros: the
-// flat loop reads it as a V stage whose product with any finite P adds nothing to O. Until release_q nothing else
-// writes it (the producer loads the next work tile's Q only after that). The async-proxy fence orders the zeros
-// before the wgmma's that read them and before the next Q's TMA write.
-template <class Traits>
-CUTE_DEVICE void zero_q_tile(typename Traits::SharedStorage& shared, int thread_idx) {
-  constexpr int kChunks = sizeof(shared.smem_q) / sizeof(uint4);
-  static_assert(kChunks % Traits::kNumMmaThreads == 0);
-  consumer_sync<Traits::kNumMmaThreads>();  // every ldmatrix of Q has read it
-  uint4* chunks = reinterpret_cast<uint4*>(shared.smem_q.data());
-  CUTE_UNROLL
-  for (int i = thread_idx; i < kChunks; i += Traits::kNumMmaThreads) chunks[i] = make_uint4(0u, 0u, 0u, 0u);
-  cutlass::arch::fence_view_async_shared();
-  consumer_sync<Traits::kNumMmaThreads>();
-}
-
-// The V stage index through which the PV wgmma's descriptors reach Q's tile (negative: Q lies before K and V in
-// shared memory, a whole number of stages before V).
-template <class Traits>
-CUTE_DEVICE int q_tile_as_v_stage(typename Traits::SharedStorage& shared) {
-  constexpr int kStageBytes = Traits::kBlockN * Traits::kHeadDim * sizeof(typename Traits::Element);
-  static_assert(sizeof(shared.smem_q) == kStageBytes, "Q's tile is one V stage");
-  constexpr size_t kQBeforeV =
-      offsetof(typename Traits::SharedStorage, smem_v) - offsetof(typename Traits::SharedStorage, smem_q);
-  static_assert(kQBeforeV % kStageBytes == 0, "Q's tile starts a whole number of V stages before V");
-  return -int(kQBeforeV / kStageBytes);
-}
-
 // The flat loop's partial last key tile arrives with its missing keys replaced by copies of key Sk - 1 and their
 // values zero (the producer loads it from the copy that fill_key_pad_tile writes, launch.cuh): the tile's max, the
 // skip test and O are those of its real keys, and only the row sums hold key_pad extra copies of key Sk - 1's
@@ -562,10 +562,10 @@ CUTE_DEVICE KeyPadDiscount key_pad_discount(Params const& params, Gemms const& g
 // The overlapped loop with a skip row per warpgroup in one tile body (flat_loop): for each list entry a warpgroup
 // either computes the tile, S(n) issued with P(p) V(p) of its previous tile, or lets it pass after issuing that
 // pending PV (holding V(p) while passing could deadlock: K(n) may sit behind V stages only the passing frees). Its
-// next own tile then issues P times Q's zeroed tile instead of a PV. Bodies that differ (an S-alone first tile, a
-// masked partial tile) made ptxas keep the list and K/V ring positions in vector registers: 64 R2UR and ~8% more
-// time per key tile (bench/NOTES-cuda.md, eighteenth and nineteenth rounds). Hence no mask: the partial last key
-// tile is padded (KeyPadDiscount).
+// next own tile then commits an empty PV batch: a branch around the PV wgmma's alone leaves the body one body to
+// ptxas. Bodies that differ (an S-alone first tile, a masked partial tile) made ptxas keep the list and K/V ring
+// positions in vector registers: 64 R2UR and ~8% more time per key tile (bench/NOTES-cuda.md, eighteenth and
+// nineteenth rounds). Hence no mask: the partial last key tile is padded (KeyPadDiscount).
 template <class Traits, class Params, class TensorO, class SkipWriter, class TileIterator>
 CUTE_DEVICE int consumer_mainloop_flat(Params const& params, typename Traits::SharedStorage& shared,
                                        typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
@@ -578,7 +578,6 @@ CUTE_DEVICE int consumer_mainloop_flat(Params const& params, typename Traits::Sh
   CUTE_STATIC_ASSERT_V(size<1>(tSrS) == _1{} && size<2>(tSrS) == _1{});
   Tensor rP = make_tensor<Element>(tSrS.layout());                              // (MMA, MMA_M, MMA_N)
   Tensor tOrP = make_tensor(rP.data(), acc_layout_as_a_operand(rP.layout()));  // (MMA, MMA_M, MMA_K)
-  clear(rP);  // finite: the first tile multiplies it by the zero tile
   __shared__ float row_sum_sink[Traits::kNumMmaThreads * 2];  // see consumer_mainloop_overlap
   uint32_t const sink_addr = cute::cast_smem_ptr_to_uint(&row_sum_sink[thread_idx * 2]);
 
@@ -586,8 +585,6 @@ CUTE_DEVICE int consumer_mainloop_flat(Params const& params, typename Traits::Sh
   int const wg = warpgroup_index<Traits>(thread_idx);
   shared.barrier_q.wait(q_round & 1);
   load_q<Traits>(shared, thread_idx, gemms);
-  zero_q_tile<Traits>(shared, thread_idx);
-  int const zero_stage = q_tile_as_v_stage<Traits>(shared);
   KeyPadDiscount const pad = key_pad_discount<Traits>(params, gemms, tiles, work, wg, thread_idx);
 
   auto last_pv = [&](auto const& at) {
@@ -600,6 +597,7 @@ CUTE_DEVICE int consumer_mainloop_flat(Params const& params, typename Traits::Sh
   bool pv_pending = false;  // P(p) V(p) of this warpgroup's previous tile is still to be issued
   auto state_v = state;     // the ring position of that tile's V
   float correction[2];
+  float scratch[4] = {0.f, 0.f, 0.f, 0.f};
   for (int entry = tiles.next(), entry_next; entry >= 0; entry = entry_next) {
     if (entry_owned_by<Traits>(entry, wg)) {  // entry >= 0 here
       int const n = entry_tile<Traits>(entry);
@@ -612,7 +610,7 @@ CUTE_DEVICE int consumer_mainloop_flat(Params const& params, typename Traits::Sh
       cutlass::arch::ClusterBarrier::wait(reinterpret_cast<uint64_t const*>(full),
                                           pv_pending ? state_v.phase() : state.phase());
       gemms.issue_qk(state.index(), tSrS);
-      gemms.issue_pv(tOrP, pv_pending ? state_v.index() : zero_stage, tOrO);
+      gemms.issue_pv(tOrP, state_v.index(), tOrO, pv_pending, &scratch);
       entry_next = tiles.next();
       warpgroup_wait<1>();  // S(n) landed; PV(p) may still run
       pipeline_k.consumer_release(state);
@@ -642,6 +640,8 @@ CUTE_DEVICE int consumer_mainloop_flat(Params const& params, typename Traits::Sh
     }
   }
   if (pv_pending) last_pv(state_v);
+  asm volatile("st.shared.v2.f32 [%0], {%1, %2};\nst.shared.v2.f32 [%0], {%3, %4};\n" ::"r"(sink_addr),
+               "f"(scratch[0]), "f"(scratch[1]), "f"(scratch[2]), "f"(scratch[3]) : "memory");
   pad.discount(softmax, thread_idx);
   release_q(shared);
   return own_kept;
