@@ -75,20 +75,28 @@ def timed_back_to_back(runs) -> float:
     return start.elapsed_time(end) / len(runs)
 
 
-def all_kept_call(q, k, v, threshold: float) -> AttentionCall:
+def tile_shape(head_dim: int, block_m: int | None) -> tuple[int, int]:
+    """The run's (block_m, block_n): the default of the head dim, with its block_m replaced when one is given."""
+    default_m, block_n = liteattn.default_tile_shape(head_dim)
+    return (block_m or default_m, block_n)
+
+
+def all_kept_call(q, k, v, threshold: float, block_m: int | None) -> AttentionCall:
     """A backend call that reads a keep bitmask keeping every tile and writes the next one (skip test on)."""
     (batch, q_len, heads, head_dim), k_len = q.shape, k.shape[1]
-    block_m, block_n = liteattn.default_tile_shape(head_dim)
+    block_m, block_n = tile_shape(head_dim, block_m)
     keep = torch.ones(batch, heads, -(-q_len // block_m), -(-k_len // block_n), dtype=torch.bool)
     bits = pack_keep_mask(keep).to(q.device)
     thresholds = torch.full((heads,), threshold, dtype=torch.float32, device=q.device)
     return AttentionCall(q, k, v, head_dim ** -0.5, thresholds, block_m, block_n, bits, torch.empty_like(bits))
 
 
-def trajectory(backend, inputs, threshold, *, time_calls: bool, row_counts: list | None = None):
-    """Run every step through one skip state; per step (sparsity skipped by the call, ms, ms isolated, dense ms
-    on the same inputs, ms with every tile kept), the times None without ``time_calls``."""
-    state, rows = liteattn.SkipState(), []
+def trajectory(backend, inputs, threshold, *, time_calls: bool, row_counts: list | None = None,
+               block_m: int | None = None):
+    """Run every step through one skip state (of ``block_m`` rows per query tile, default: the head dim's); per step
+    (sparsity skipped by the call, ms, ms isolated, dense ms on the same inputs, ms with every tile kept), the times
+    None without ``time_calls``."""
+    state, rows = liteattn.SkipState(*tile_shape(inputs[0][0].shape[-1], block_m)), []
     kwargs = dict(threshold=threshold, scale=None, must_do_list=None, must_skip_list=None, use_int8=False,
                   backend=backend)
     for q, k, v in inputs:
@@ -98,7 +106,7 @@ def trajectory(backend, inputs, threshold, *, time_calls: bool, row_counts: list
                     for c in [state.clone() for _ in range(3)]]
             ms = timed_back_to_back(runs)
             dense = timed_back_to_back([lambda q=q, k=k, v=v: liteattn.lite_attention(q, k, v, backend=backend)] * 3)
-            call = all_kept_call(q, k, v, threshold)
+            call = all_kept_call(q, k, v, threshold, block_m)
             all_kept = timed_back_to_back([lambda c=call: get_backend(backend).forward(c)] * 3)
             runs = [lambda q=q, k=k, v=v, c=c: run_attention(q, k, v, c, **kwargs)
                     for c in [state.clone() for _ in range(3)]]
@@ -122,6 +130,8 @@ def main() -> int:
     parser.add_argument("--reference", action="store_true", help="also run the reference backend's trajectory")
     parser.add_argument("--json", default=None)
     parser.add_argument("--row-counts", default=None, help="save the kept tiles per row and step here (.npz)")
+    parser.add_argument("--block-m", type=int, default=None, help="query tile rows of the skip state (default: the "
+                        "head dim's; the cuda backend also takes 64 at head dim 128)")
     args = parser.parse_args()
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -130,13 +140,13 @@ def main() -> int:
     inputs = [video_qkv(1, frames, height, width, heads=args.heads, head_dim=args.head_dim, step=t,
                         num_steps=args.steps, dtype=dtype, device=device, seed=t) for t in range(args.steps)]
     q, k, v = inputs[0]
-    warm = liteattn.SkipState()  # compile / load every kernel variant the run uses before any clock starts
+    warm = liteattn.SkipState(*tile_shape(args.head_dim, args.block_m))  # compile / load every kernel variant the run uses before any clock starts
     for _ in range(2):
         liteattn.lite_attention(q, k, v, warm, threshold=args.threshold, backend=args.backend)
     liteattn.lite_attention(q, k, v, backend=args.backend)
     dense_ms = timed_back_to_back([lambda: liteattn.lite_attention(q, k, v, backend=args.backend)] * 5)
     counts = [] if args.row_counts else None
-    ours = trajectory(args.backend, inputs, args.threshold, time_calls=True, row_counts=counts)
+    ours = trajectory(args.backend, inputs, args.threshold, time_calls=True, row_counts=counts, block_m=args.block_m)
     if counts is not None:
         import numpy as np
 
@@ -144,7 +154,8 @@ def main() -> int:
     reference = None
     if args.reference:
         as_fp32 = [tuple(x.float() for x in step) for step in inputs]
-        reference = [row[0] for row in trajectory("reference", as_fp32, args.threshold, time_calls=False)]
+        reference = [row[0] for row in trajectory("reference", as_fp32, args.threshold, time_calls=False,
+                                                  block_m=args.block_m)]
 
     total = sum(row[1] for row in ours)
     total_isolated = sum(row[2] for row in ours)
@@ -175,7 +186,7 @@ def main() -> int:
         meta = {"date": str(datetime.date.today()), "device": torch.cuda.get_device_name() if device == "cuda"
                 else "cpu", "torch": torch.__version__, "backend": args.backend, "tokens": frames * height * width,
                 "heads": args.heads, "head_dim": args.head_dim, "threshold": args.threshold, "dtype": args.dtype,
-                "steps": args.steps}
+                "steps": args.steps, "tiles": list(tile_shape(args.head_dim, args.block_m))}
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "summary": summary, "steps": steps}, f, indent=1)
     return 0 if math.isfinite(total) else 1

@@ -57,6 +57,9 @@ def test_unavailable_without_cuda():
         ({"D": 128, "Dv": 64}, "v head dim"),
         ({"D": 128, "block": (128, 64)}, "tile shape"),
         ({"D": 256, "block": (128, 128)}, "tile shape"),
+        ({"D": 64, "block": (128, 128)}, "tile shape"),
+        ({"D": 128, "block": (64, 128)}, "CUDA device"),  # 64-row skip tiles at D=128 are built too
+        ({"D": 128, "block": (64, 128), "use_int8": True}, "with int8 Q/K"),  # but not for int8 Q/K
         ({"D": 64}, "CUDA device"),  # everything else fine: only the device is wrong on CPU
     ],
 )

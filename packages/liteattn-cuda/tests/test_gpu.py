@@ -32,11 +32,24 @@ CASES = [  # (B, Sq, Sk, H, Hkv, D, dtype, sparsity or None, reverse)
     (1, 1, 5, 2, 1, 128, torch.float16, None, False),
     (2, 777, 2049, 4, 2, 64, torch.bfloat16, None, False),
 ]
+# 64-row skip tiles at head dim 128 (FineSkipGeometry, chosen by block_m): (..., reverse, block_m). Partial last query
+# and key tiles, GQA, both visit orders; the dense case runs the dense kernel whatever block_m says.
+FINE_CASES = [
+    (2, 1000, 1717, 6, 2, 128, torch.float16, 0.5, True, 64),
+    (1, 1500, 1100, 4, 2, 128, torch.bfloat16, 0.75, False, 64),
+    (1, 1024, 1024, 2, 2, 128, torch.bfloat16, None, False, 64),
+]
+SKIP_CASES = CASES[1:5] + FINE_CASES[:2]
+
+
+def _tiles(case) -> tuple[int, int]:
+    """The case's (block_m, block_n): its own block_m where it names one, else the default of its head dim."""
+    return (case[9], 128) if len(case) > 9 else default_tile_shape(case[5])
 
 
 def _backend_and_inputs(case, seed):
     """The CUDA backend (or a skip saying why it cannot run here) and random BSHD inputs for ``case``."""
-    B, Sq, Sk, H, Hkv, D, dtype, _, _ = case
+    B, Sq, Sk, H, Hkv, D, dtype, _, _ = case[:9]
     from liteattn_cuda import CudaBackend
 
     backend = CudaBackend()
@@ -49,11 +62,11 @@ def _backend_and_inputs(case, seed):
     return backend, q, k, v
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(x) for x in c))
+@pytest.mark.parametrize("case", CASES + FINE_CASES, ids=lambda c: "-".join(str(x) for x in c))
 def test_parity(case):
-    B, Sq, Sk, H, Hkv, D, dtype, sparsity, reverse = case
+    B, Sq, Sk, H, Hkv, D, dtype, sparsity, reverse = case[:9]
     backend, q, k, v = _backend_and_inputs(case, seed=0)
-    bm, bn = default_tile_shape(D)
+    bm, bn = _tiles(case)
     keep = None
     if sparsity is not None:
         keep = random_keep_mask(B, H, -(-Sq // bm), -(-Sk // bn), sparsity, seed=1)
@@ -147,19 +160,19 @@ def test_sparse_calls_never_split(writes_state, monkeypatch):
 def _skip_case(case, seed):
     """Inputs of a skip-test case and a random keep mask (seed + 1) whose first row computes nothing:
     ``(backend, q, k, v, keep (B, H, QT, KT) bool on the CPU, its packed bits on the GPU)``."""
-    B, Sq, Sk, H, Hkv, D, dtype, sparsity, reverse = case
+    B, Sq, Sk, H, Hkv, D, dtype, sparsity, reverse = case[:9]
     backend, q, k, v = _backend_and_inputs(case, seed=seed)
-    bm, bn = default_tile_shape(D)
+    bm, bn = _tiles(case)
     keep = random_keep_mask(B, H, -(-Sq // bm), -(-Sk // bn), sparsity, seed=seed + 1)
     keep[0, 0, 0] = False
     return backend, q, k, v, keep, pack_keep_mask(keep).cuda()
 
 
-@pytest.mark.parametrize("case", CASES[1:5], ids=lambda c: "-".join(str(x) for x in c))
+@pytest.mark.parametrize("case", SKIP_CASES, ids=lambda c: "-".join(str(x) for x in c))
 def test_skip_test_matches_reference(case):
-    B, Sq, Sk, H, Hkv, D, dtype, sparsity, reverse = case
+    B, Sq, Sk, H, Hkv, D, dtype, sparsity, reverse = case[:9]
     backend, q, k, v, keep, bits = _skip_case(case, seed=1)
-    bm, bn = default_tile_shape(D)
+    bm, bn = _tiles(case)
     KT = keep.shape[-1]
     thresholds = torch.linspace(-3.0, 0.5, H, device="cuda")
     ours = torch.full_like(bits, 0x5A5A5A5A)
@@ -172,11 +185,11 @@ def test_skip_test_matches_reference(case):
     assert not (unpack_keep_mask(ours, KT) & ~keep.cuda()).any()
 
 
-@pytest.mark.parametrize("case", CASES[1:5], ids=lambda c: "-".join(str(x) for x in c))
+@pytest.mark.parametrize("case", SKIP_CASES, ids=lambda c: "-".join(str(x) for x in c))
 def test_tile_gaps_match_reference_and_written_bits(case):
-    B, Sq, Sk, H, Hkv, D, dtype, sparsity, reverse = case
+    B, Sq, Sk, H, Hkv, D, dtype, sparsity, reverse = case[:9]
     backend, q, k, v, keep, bits = _skip_case(case, seed=2)
-    bm, bn = default_tile_shape(D)
+    bm, bn = _tiles(case)
     QT, KT = keep.shape[-2:]
     thresholds = torch.linspace(-4.0, 0.0, H, device="cuda")
     written = torch.full_like(bits, 0x5A5A5A5A)
@@ -195,19 +208,19 @@ def test_tile_gaps_match_reference_and_written_bits(case):
 
 
 @pytest.mark.parametrize("use_int8", [False, True])
-@pytest.mark.parametrize("case", CASES[1:5], ids=lambda c: "-".join(str(x) for x in c))
+@pytest.mark.parametrize("case", SKIP_CASES, ids=lambda c: "-".join(str(x) for x in c))
 def test_skipped_tile_count_matches_the_keep_bits(case, use_int8):
-    B, Sq, Sk, H, Hkv, D, dtype, sparsity, reverse = case
-    if use_int8 and D not in (64, 128):
-        pytest.skip("int8 Q/K is built for head dims 64 and 128")
+    B, Sq, Sk, H, Hkv, D, dtype, sparsity, reverse = case[:9]
+    if use_int8 and (D not in (64, 128) or _tiles(case) != default_tile_shape(D)):
+        pytest.skip("int8 Q/K is built for head dims 64 and 128, in the default tiles")
     backend, q, k, v, keep, bits = _skip_case(case, seed=3)
-    bm, bn = default_tile_shape(D)
+    bm, bn = _tiles(case)
     skipped = torch.zeros((), dtype=torch.int64, device="cuda")
     backend.forward(AttentionCall(q, k, v, 1 / math.sqrt(D), torch.zeros(H, device="cuda"), bm, bn, bits, None,
                                   reverse, use_int8, skipped_tiles=skipped))
     assert skipped.item() == keep.numel() - keep.sum().item()
     # Through core: the sparsity a stateful call reports comes from the counter and equals the bits' own count.
-    state = liteattn.SkipState()
+    state = liteattn.SkipState(bm, bn)
     liteattn.lite_attention(q, k, v, state, backend="cuda", use_int8=use_int8)
     state.read_bits.copy_(bits)
     liteattn.lite_attention(q, k, v, state, backend="cuda", use_int8=use_int8)

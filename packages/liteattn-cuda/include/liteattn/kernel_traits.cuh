@@ -170,16 +170,15 @@ constexpr bool overlapped_loop() {
 }
 
 // Whether an instantiation runs the overlapped loop with a skip row per warpgroup in one tile body
-// (consumer_mainloop_flat): 16-bit kernels with Q in registers and square tiles, so that Q's shared-memory tile,
-// free once Q sits in registers, can serve as a V stage of zeros. Its partial last key tile arrives padded with
+// (consumer_mainloop_flat): 16-bit kernels with Q in registers (the padded last key tile's discount reads Q there),
+// that is the 64-row skip tiles at head dim 128 (FineSkipGeometry). Its partial last key tile arrives padded with
 // copies of key Sk - 1 (KeyPadDiscount). -DLITEATTN_FLAT_LOOP=0 builds the segment loop instead (for measurements).
 #ifndef LITEATTN_FLAT_LOOP
 #define LITEATTN_FLAT_LOOP 1
 #endif
 template <class Traits>
 constexpr bool flat_loop() {
-  return LITEATTN_FLAT_LOOP && overlapped_loop<Traits>() && Traits::kSkipRows > 1 && Traits::kQInRegisters &&
-         Traits::kBlockM == Traits::kBlockN;
+  return LITEATTN_FLAT_LOOP && overlapped_loop<Traits>() && Traits::kSkipRows > 1 && Traits::kQInRegisters;
 }
 
 // The skip state's query tile at head dim 64: 64 rows, one per consumer warpgroup of a 192-row CTA, or (development
@@ -187,14 +186,6 @@ constexpr bool flat_loop() {
 // round, bench/NOTES-cuda.md).
 #ifndef LITEATTN_SKIP_BLOCK_M_D64
 #define LITEATTN_SKIP_BLOCK_M_D64 64
-#endif
-// At head dim 128: 128 rows, or (development knob) 64, one per warpgroup. 64-row tiles compute 8.3% less over the
-// 20-step video run. In the segment loop each key tile cost ~8% more (its ring position lands in vector registers)
-// and the run took 2% longer (eighteenth round); the flat loop (flat_loop) costs what the 128-row loop does per
-// tile, but its restarts after other rows' tiles (a PV of zeros, the last PV alone) take most of the gain: the run
-// measured 0.6% faster than with 128-row tiles, inside the run-to-run spread (twenty-first round).
-#ifndef LITEATTN_SKIP_BLOCK_M_D128
-#define LITEATTN_SKIP_BLOCK_M_D128 128
 #endif
 #ifndef LITEATTN_BLOCK_M_D64
 #define LITEATTN_BLOCK_M_D64 128
@@ -207,11 +198,20 @@ template <> struct DefaultGeometry<64> {
                        kStages = LITEATTN_STAGES_D64, kSkipRows = LITEATTN_SKIP_BLOCK_M_D64 == 64 ? 3 : 1;
 };
 template <> struct DefaultGeometry<128> {
-  static constexpr int kBlockM = 128, kBlockN = 128, kStages = LITEATTN_STAGES_D128,
-                       kSkipRows = LITEATTN_SKIP_BLOCK_M_D128 == 64 ? 2 : 1;
+  static constexpr int kBlockM = 128, kBlockN = 128, kStages = LITEATTN_STAGES_D128, kSkipRows = 1;
 };
 template <> struct DefaultGeometry<256> {
   static constexpr int kBlockM = 128, kBlockN = 64, kStages = 2, kSkipRows = 1;
+};
+
+// The skip state in 64-row query tiles where the default is 128 rows, chosen per call by block_m (launch.cuh): at
+// head dim 128 one skip row per consumer warpgroup of a 128-row CTA, in the flat loop. Over the 20-step video run at
+// (12, 32760, 128) they compute 8.3% less than 128-row tiles and took 2.9% less time on an H100; on random keep
+// masks, whose two rows per CTA rarely agree, they are slower (bench/NOTES-cuda.md, twenty-first and twenty-second
+// rounds). Not the default, and not for INT8 Q/K.
+template <int kHeadDim> struct FineSkipGeometry;
+template <> struct FineSkipGeometry<128> {
+  static constexpr int kBlockM = 128, kBlockN = 128, kStages = LITEATTN_STAGES_D128, kSkipRows = 2;
 };
 
 // The geometry of calls without a skip state (dense calls, launch.cuh), free of the 128 x 128 tiles the skip state

@@ -115,7 +115,7 @@ template <> struct Int8Geometry<64> {
   static constexpr int kBlockM = 128, kBlockN = 128, kStages = 4, kSkipRows = LITEATTN_SKIP_BLOCK_M_D64 == 64 ? 2 : 1;
 };
 template <> struct Int8Geometry<128> {
-  static constexpr int kBlockM = 128, kBlockN = 128, kStages = 3, kSkipRows = LITEATTN_SKIP_BLOCK_M_D128 == 64 ? 2 : 1;
+  static constexpr int kBlockM = 128, kBlockN = 128, kStages = 3, kSkipRows = 1;
 };
 
 }  // namespace liteattn

@@ -153,17 +153,39 @@ int launch_fwd(FwdArgs const& args, cudaStream_t stream) {
   return int(cudaGetLastError());
 }
 
-// The kernel of calls with a skip state (and, where DenseGeometry is the same, of dense calls).
+// The kernel of calls with a skip state in the default tiles (and, where DenseGeometry is the same, of dense calls).
 template <class Element, int kHeadDim>
 using SkipStateTraits = KernelTraits<kHeadDim, DefaultGeometry<kHeadDim>::kBlockM, DefaultGeometry<kHeadDim>::kBlockN,
                                      DefaultGeometry<kHeadDim>::kStages, Element, /*kSkipState=*/true,
                                      DefaultGeometry<kHeadDim>::kSkipRows>;
+// The kernel of calls with a skip state in FineSkipGeometry's tiles (head dim 128 only).
+template <class Element, int kHeadDim>
+using FineSkipStateTraits =
+    KernelTraits<kHeadDim, FineSkipGeometry<kHeadDim>::kBlockM, FineSkipGeometry<kHeadDim>::kBlockN,
+                 FineSkipGeometry<kHeadDim>::kStages, Element, /*kSkipState=*/true, FineSkipGeometry<kHeadDim>::kSkipRows>;
+
+// Whether the call's tiles are FineSkipGeometry's (at a head dim that has one) rather than the default's.
+template <class Element, int kHeadDim>
+bool wants_fine_skip_tiles(FwdArgs const& args) {
+  if constexpr (kHeadDim == 128) {
+    using Fine = FineSkipStateTraits<Element, kHeadDim>;
+    return args.block_m == Fine::kSkipBlockM && args.block_n == Fine::kBlockN;
+  } else {
+    return false;
+  }
+}
 
 // fp32 floats of the workspace a call needs (0: none): its tail split (dense calls, which run the dense geometry;
 // at head dim 256 that is the skip-state kernel's) or its padded last key tile (key_pad_workspace_floats).
 template <class Element, int kHeadDim>
 int64_t workspace_floats_hdim(FwdArgs const& args) {
-  if (!is_dense_call(args)) return key_pad_workspace_floats<SkipStateTraits<Element, kHeadDim>>(args);
+  if (!is_dense_call(args)) {
+    if constexpr (kHeadDim == 128) {
+      if (wants_fine_skip_tiles<Element, kHeadDim>(args))
+        return key_pad_workspace_floats<FineSkipStateTraits<Element, kHeadDim>>(args);
+    }
+    return key_pad_workspace_floats<SkipStateTraits<Element, kHeadDim>>(args);
+  }
   using Dense = DenseGeometry<kHeadDim>;
   int const tiles = args.batch * args.num_heads * ((args.seqlen_q + Dense::kBlockM - 1) / Dense::kBlockM);
   TailSplit const split = tail_split_on_device(tiles, (args.seqlen_k + Dense::kBlockN - 1) / Dense::kBlockN);
@@ -174,14 +196,18 @@ template <class Element, int kHeadDim>
 int run_fwd_hdim(FwdArgs const& args, cudaStream_t stream) {
   using Geometry = DefaultGeometry<kHeadDim>;
   using Traits = SkipStateTraits<Element, kHeadDim>;
-  if (args.block_m != Traits::kSkipBlockM || args.block_n != Traits::kBlockN) return -1;
+  bool const fine = wants_fine_skip_tiles<Element, kHeadDim>(args);
+  if (!fine && (args.block_m != Traits::kSkipBlockM || args.block_n != Traits::kBlockN)) return -1;
   using Dense = DenseGeometry<kHeadDim>;
   if constexpr (Dense::kBlockN != Geometry::kBlockN || Dense::kBlockM != Geometry::kBlockM || Geometry::kSkipRows > 1) {
-    if (is_dense_call(args)) {
+    if (is_dense_call(args)) {  // the tiles matter only to a skip state: any block_m runs the dense geometry
       using DenseTraits = KernelTraits<kHeadDim, Dense::kBlockM, Dense::kBlockN, Dense::kStages, Element,
                                        /*kSkipState=*/false>;
       return launch_fwd<DenseTraits>(args, stream);
     }
+  }
+  if constexpr (kHeadDim == 128) {
+    if (fine) return launch_fwd<FineSkipStateTraits<Element, kHeadDim>>(args, stream);
   }
   return launch_fwd<Traits>(args, stream);
 }

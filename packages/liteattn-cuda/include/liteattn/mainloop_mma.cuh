@@ -662,7 +662,7 @@ CUTE_DEVICE int consumer_mainloop(Params const& params, WorkTile const& work, ty
   static_assert(!LITEATTN_PINGPONG || !Traits::kSkipState || Traits::kNumMmaWarpgroups < kSkipBarrierId,
                 "the ping-pong barriers 1..W would collide with the skip test's named barrier");
   static_assert(!LITEATTN_PINGPONG || Traits::kSkipRows == 1, "turn-taking needs every warpgroup on every tile");
-  // Built with -DLITEATTN_OVERLAP=0 -DLITEATTN_SKIP_BLOCK_M_D128=64, this combination failed the GPU parity tests
+  // Built with -DLITEATTN_OVERLAP=0 for 64-row skip tiles at head dim 128, this combination failed the GPU parity tests
   // (fp16, GQA, reverse visit, a partial last key tile) and wrote a different skip state over the video run; the
   // cause is not known (bench/NOTES-cuda.md, eighteenth round), so it does not build.
   static_assert(overlapped_loop<Traits>() || Traits::kSkipRows == 1 || Traits::kHeadDim == 64,

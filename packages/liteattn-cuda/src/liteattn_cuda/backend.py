@@ -18,6 +18,16 @@ MAX_ROW_WORDS = 256  # kMaxSkipWords in include/liteattn/skip_test.cuh: keep row
 # Head dims whose dense calls run a kernel without a skip state (DenseGeometry in include/liteattn/kernel_traits.cuh);
 # at the others a dense call runs the skip-state kernel.
 DENSE_KERNEL_HEAD_DIMS = frozenset({64, 128})
+# Tile shapes a 16-bit call may ask for besides default_tile_shape (FineSkipGeometry in
+# include/liteattn/kernel_traits.cuh): 64-row skip tiles at head dim 128, for skip states that follow the video's
+# structure more closely (faster over a video run, slower on random keep masks; docs/backends/cuda.rst).
+EXTRA_TILE_SHAPES = {128: (64, 128)}
+
+
+def supported_tile_shapes(head_dim: int, use_int8: bool = False) -> list[tuple[int, int]]:
+    """The (block_m, block_n) the kernels are compiled for at ``head_dim``, the default first."""
+    extra = EXTRA_TILE_SHAPES.get(head_dim)
+    return [default_tile_shape(head_dim)] + ([extra] if extra and not use_int8 else [])
 
 
 class CudaBackend:
@@ -64,9 +74,11 @@ class CudaBackend:
             return f"head dim {q.shape[-1]} not in {sorted(HEAD_DIMS)}"
         if v.shape[-1] != q.shape[-1]:
             return f"v head dim {v.shape[-1]} != q head dim {q.shape[-1]}"
-        if (call.block_m, call.block_n) != default_tile_shape(q.shape[-1]):
-            return (f"tile shape ({call.block_m}, {call.block_n}) unsupported: the kernel is compiled for "
-                    f"{default_tile_shape(q.shape[-1])} at head dim {q.shape[-1]}")
+        tiles = supported_tile_shapes(q.shape[-1], call.use_int8)
+        if (call.block_m, call.block_n) not in tiles:
+            return (f"tile shape (block_m, block_n) = ({call.block_m}, {call.block_n}) unsupported: the kernels "
+                    f"are compiled for {' or '.join(map(str, tiles))} at head dim {q.shape[-1]}"
+                    + (" with int8 Q/K" if call.use_int8 else ""))
         if q.device.type != "cuda" or k.device != q.device or v.device != q.device:
             return "q, k, v must be on one CUDA device"
         for name, t in (("q", q), ("k", k), ("v", v)):
