@@ -140,7 +140,8 @@ def main() -> int:
     inputs = [video_qkv(1, frames, height, width, heads=args.heads, head_dim=args.head_dim, step=t,
                         num_steps=args.steps, dtype=dtype, device=device, seed=t) for t in range(args.steps)]
     q, k, v = inputs[0]
-    warm = liteattn.SkipState(*tile_shape(args.head_dim, args.block_m))  # compile / load every kernel variant the run uses before any clock starts
+    # Compile / load every kernel variant the run uses before any clock starts.
+    warm = liteattn.SkipState(*tile_shape(args.head_dim, args.block_m))
     for _ in range(2):
         liteattn.lite_attention(q, k, v, warm, threshold=args.threshold, backend=args.backend)
     liteattn.lite_attention(q, k, v, backend=args.backend)
