@@ -170,15 +170,17 @@ constexpr bool overlapped_loop() {
 }
 
 // Whether an instantiation runs the overlapped loop with a skip row per warpgroup in one tile body
-// (consumer_mainloop_flat): 16-bit kernels with Q in registers (the padded last key tile's discount reads Q there),
-// that is the 64-row skip tiles at head dim 128 (FineSkipGeometry). Its partial last key tile arrives padded with
+// (consumer_mainloop_flat): 16-bit kernels with Q in registers (the padded last key tile's discount reads Q there,
+// and Q's shared-memory tile serves as a V stage nothing writes) and square tiles, that is the 64-row skip tiles at
+// head dim 128 (FineSkipGeometry). Its partial last key tile arrives padded with
 // copies of key Sk - 1 (KeyPadDiscount). -DLITEATTN_FLAT_LOOP=0 builds the segment loop instead (for measurements).
 #ifndef LITEATTN_FLAT_LOOP
 #define LITEATTN_FLAT_LOOP 1
 #endif
 template <class Traits>
 constexpr bool flat_loop() {
-  return LITEATTN_FLAT_LOOP && overlapped_loop<Traits>() && Traits::kSkipRows > 1 && Traits::kQInRegisters;
+  return LITEATTN_FLAT_LOOP && overlapped_loop<Traits>() && Traits::kSkipRows > 1 && Traits::kQInRegisters &&
+         Traits::kBlockM == Traits::kBlockN;
 }
 
 // The skip state's query tile at head dim 64: 64 rows, one per consumer warpgroup of a 192-row CTA, or (development
@@ -206,7 +208,7 @@ template <> struct DefaultGeometry<256> {
 
 // The skip state in 64-row query tiles where the default is 128 rows, chosen per call by block_m (launch.cuh): at
 // head dim 128 one skip row per consumer warpgroup of a 128-row CTA, in the flat loop. Over the 20-step video run at
-// (12, 32760, 128) they compute 8.3% less than 128-row tiles and took 2.9% less time on an H100; on random keep
+// (12, 32760, 128) they compute 8.3% less than 128-row tiles and took 2.4-3.1% less time on an H100; on random keep
 // masks, whose two rows per CTA rarely agree, they are slower (bench/NOTES-cuda.md, twenty-first and twenty-second
 // rounds). Not the default, and not for INT8 Q/K.
 template <int kHeadDim> struct FineSkipGeometry;

@@ -13,29 +13,32 @@
 
 namespace liteattn {
 
-// The smallest wgmma (64 x 8 x 16) from the first K slice of A and B into `scratch`: what a batch that computes
-// nothing issues, so that every path commits a non-empty batch. Left empty, ptxas closed it with a placeholder of its
-// own after the branch, which made the next wait for S also wait for the PV. The caller keeps `scratch` live (a dead
-// result let ptxas replace this by its own placeholder).
+// The smallest wgmma (64 x 8 x 16) from the first K slices of A and B into `d`: the batch of a PV that computes
+// nothing. A batch left empty on one path of a branch made ptxas close it with a placeholder of its own after the
+// branch, on both paths, and the next wait for S then also waited for the PV. The caller keeps `d` live (ptxas
+// replaced a placeholder with a dead result by its own) and points B at shared memory that nothing writes meanwhile.
 template <class Element, class TA, class TB>
 CUTE_DEVICE void placeholder_wgmma(TA const& tCrA, TB const& tCrB, float (&d)[4]) {
   static_assert(sizeof(Element) == 2, "a 16-bit RS batch");
   auto const a = recast<uint32_t const>(tCrA(_, _, 0));
   uint64_t const desc = tCrB(0, 0, 0);
   if constexpr (std::is_same_v<Element, cutlass::half_t>) {
-    asm volatile("wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 {%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, 0, 1, 1, 1;\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a(0)), "r"(a(1)), "r"(a(2)), "r"(a(3)), "l"(desc));
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 {%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, 0, 1, 1, 1;\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a(0)), "r"(a(1)), "r"(a(2)), "r"(a(3)), "l"(desc));
   } else {
-    asm volatile("wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 {%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, 0, 1, 1, 1;\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a(0)), "r"(a(1)), "r"(a(2)), "r"(a(3)), "l"(desc));
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 {%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, 0, 1, 1, 1;\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a(0)), "r"(a(1)), "r"(a(2)), "r"(a(3)), "l"(desc));
   }
 }
 
 // One wgmma batch over the K extent of the fragments; kZeroInit overwrites the accumulator, kARegs says
-// A is a register fragment (RS wgmma) whose registers must be fenced too. With `issue` false (warp-uniform) the batch
-// is committed empty, so the caller's wait counts stay those of an issued batch.
+// A is a register fragment (RS wgmma) whose registers must be fenced too. With `issue` false (warp-uniform; RS
+// batches, which pass `scratch`) it commits placeholder_wgmma's batch instead, so that the caller's waits count the
+// same batches on both paths.
 template <bool kZeroInit, bool kARegs, class TiledMma, class TA, class TB, class TC>
 CUTE_DEVICE void wgmma_gemm(TiledMma& mma, TA const& tCrA, TB const& tCrB, TC& tCrC, bool issue = true,
                             float (*scratch)[4] = nullptr) {
@@ -73,7 +76,7 @@ struct KeyTileGemms {
   CUTE_DEVICE void issue_qk(int stage, TensorS& tSrS) {
     wgmma_gemm</*kZeroInit=*/true, kQInRegisters>(mma_qk, tSrQ, tSrK(_, _, _, stage), tSrS);
   }
-  // O += P V[stage], P from registers; nothing, in an empty committed batch, unless `issue`
+  // O += P V[stage], P from registers; unless `issue`, only a placeholder batch reading V[stage] (placeholder_wgmma)
   template <class TensorP, class TensorO>
   CUTE_DEVICE void issue_pv(TensorP const& tOrP, int stage, TensorO& tOrO, bool issue = true,
                             float (*scratch)[4] = nullptr) {
@@ -508,6 +511,19 @@ CUTE_DEVICE bool entry_owned_by(int entry, int wg) {
   return ((entry >> (16 + wg)) & 1) != 0;
 }
 
+// The V stage index through which the PV wgmma's descriptors reach Q's shared-memory tile (negative: Q lies before K
+// and V, a whole number of stages before V). With Q in registers nothing writes that tile until release_q (the
+// producer loads the next work tile's Q only after it), unlike a K or V stage, which TMA may be refilling.
+template <class Traits>
+CUTE_DEVICE int q_tile_as_v_stage(typename Traits::SharedStorage& shared) {
+  constexpr int kStageBytes = Traits::kBlockN * Traits::kHeadDim * sizeof(typename Traits::Element);
+  static_assert(sizeof(shared.smem_q) == kStageBytes, "Q's tile is one V stage");
+  constexpr size_t kQBeforeV =
+      offsetof(typename Traits::SharedStorage, smem_v) - offsetof(typename Traits::SharedStorage, smem_q);
+  static_assert(kQBeforeV % kStageBytes == 0, "Q's tile starts a whole number of V stages before V");
+  return -int(kQBeforeV / kStageBytes);
+}
+
 // The flat loop's partial last key tile arrives with its missing keys replaced by copies of key Sk - 1 and their
 // values zero (the producer loads it from the copy that fill_key_pad_tile writes, launch.cuh): the tile's max, the
 // skip test and O are those of its real keys, and only the row sums hold key_pad extra copies of key Sk - 1's
@@ -562,10 +578,11 @@ CUTE_DEVICE KeyPadDiscount key_pad_discount(Params const& params, Gemms const& g
 // The overlapped loop with a skip row per warpgroup in one tile body (flat_loop): for each list entry a warpgroup
 // either computes the tile, S(n) issued with P(p) V(p) of its previous tile, or lets it pass after issuing that
 // pending PV (holding V(p) while passing could deadlock: K(n) may sit behind V stages only the passing frees). Its
-// next own tile then commits an empty PV batch: a branch around the PV wgmma's alone leaves the body one body to
-// ptxas. Bodies that differ (an S-alone first tile, a masked partial tile) made ptxas keep the list and K/V ring
-// positions in vector registers: 64 R2UR and ~8% more time per key tile (bench/NOTES-cuda.md, eighteenth and
-// nineteenth rounds). Hence no mask: the partial last key tile is padded (KeyPadDiscount).
+// next own tile issues a placeholder batch instead of a PV (placeholder_wgmma), reading Q's shared-memory tile as its
+// V stage: a branch around the PV wgmma's alone leaves the body one body to ptxas. Bodies that differ (an S-alone
+// first tile, a masked partial tile) made ptxas keep the list and K/V ring positions in vector registers: 64 R2UR
+// and ~8% more time per key tile (bench/NOTES-cuda.md, eighteenth and nineteenth rounds). Hence no mask: the partial
+// last key tile is padded (KeyPadDiscount).
 template <class Traits, class Params, class TensorO, class SkipWriter, class TileIterator>
 CUTE_DEVICE int consumer_mainloop_flat(Params const& params, typename Traits::SharedStorage& shared,
                                        typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
@@ -586,6 +603,7 @@ CUTE_DEVICE int consumer_mainloop_flat(Params const& params, typename Traits::Sh
   shared.barrier_q.wait(q_round & 1);
   load_q<Traits>(shared, thread_idx, gemms);
   KeyPadDiscount const pad = key_pad_discount<Traits>(params, gemms, tiles, work, wg, thread_idx);
+  int const q_stage = q_tile_as_v_stage<Traits>(shared);
 
   auto last_pv = [&](auto const& at) {
     pipeline_v.consumer_wait(at);
@@ -610,7 +628,7 @@ CUTE_DEVICE int consumer_mainloop_flat(Params const& params, typename Traits::Sh
       cutlass::arch::ClusterBarrier::wait(reinterpret_cast<uint64_t const*>(full),
                                           pv_pending ? state_v.phase() : state.phase());
       gemms.issue_qk(state.index(), tSrS);
-      gemms.issue_pv(tOrP, state_v.index(), tOrO, pv_pending, &scratch);
+      gemms.issue_pv(tOrP, pv_pending ? state_v.index() : q_stage, tOrO, pv_pending, &scratch);
       entry_next = tiles.next();
       warpgroup_wait<1>();  // S(n) landed; PV(p) may still run
       pipeline_k.consumer_release(state);
