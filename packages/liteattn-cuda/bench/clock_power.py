@@ -57,14 +57,16 @@ def engines(H: int, S: int, D: int, block_m: int | None = None, inputs: tuple | 
     QT, KT = -(-S // bm), -(-S // bn)
     written = torch.empty(1, H, QT, -(-KT // 32), dtype=torch.int32, device="cuda")
     thresholds = torch.full((H,), -5.0, device="cuda")
-    half = pack_keep_mask(random_keep_mask(1, H, QT, KT, 0.5, seed=7)).cuda()
     scale = 1 / math.sqrt(D)
-    return {"cuda": lambda: fwd(q, k, v, out, lse, None, scale, bm, bn, False),
+    runs = {"cuda": lambda: fwd(q, k, v, out, lse, None, scale, bm, bn, False),
             # the skip-state kernel with the skip test on and nothing skipped
             "cuda-skip": lambda: fwd(q, k, v, out, lse, None, scale, bm, bn, False, written, thresholds),
-            # a random keep mask at tile sparsity 0.5, no skip test
-            "cuda-s50": lambda: fwd(q, k, v, out, lse, half, scale, bm, bn, False),
             "fa3": lambda: fa3_fwd_interface.flash_attn_func(q, k, v)}
+    # random keep masks at tile sparsity 0.5, 0.75 and 0.9, no skip test
+    for percent in (50, 75, 90):
+        keep = pack_keep_mask(random_keep_mask(1, H, QT, KT, percent / 100, seed=7)).cuda()
+        runs[f"cuda-s{percent}"] = lambda keep=keep: fwd(q, k, v, out, lse, keep, scale, bm, bn, False)
+    return runs
 
 
 def sample_clocks(runs: dict, shape: str, seconds: float = 4.0) -> None:

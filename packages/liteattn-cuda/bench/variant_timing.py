@@ -1,5 +1,5 @@
 """Time one build of the library beside FA3: dense calls, the skip-state kernel with the skip test on (nothing
-skipped) and a random keep mask at s = 0.5, on the same inputs in one process. Build variants (e.g. with
+skipped) and random keep masks (s = 0.5 by default), on the same inputs in one process. Build variants (e.g. with
 ``LITEATTN_CUDA_NVCC_FLAGS=-DLITEATTN_DENSE_PIN_ROW1=22``) cannot share a process, so run this once per build
 (``LITEATTN_CUDA_LIB``) and alternate the builds; FA3's time in each process is the yardstick for clock drift.
 
@@ -23,6 +23,8 @@ def main() -> None:
     ap.add_argument("name")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--shapes", nargs="*", default=["12,32760,128", "24,32768,128"])
+    ap.add_argument("--sparsities", nargs="*", type=int, default=[50], choices=[50, 75, 90],
+                    help="tile sparsities (percent) of the random keep masks to time")
     ap.add_argument("--block-m", type=int, default=None, help="query tile rows of the skip-state kernel's calls")
     args = ap.parse_args()
 
@@ -31,8 +33,9 @@ def main() -> None:
         torch.manual_seed(0)
         runs = engines(H, S, D, args.block_m)
         est = 4.0 * H * S * S * D / 600e12 * 1e3
-        calls = {"dense": (runs["cuda"], est), "fa3": (runs["fa3"], est), "skip": (runs["cuda-skip"], est),
-                 "s50": (runs["cuda-s50"], est / 2)}
+        calls = {"dense": (runs["cuda"], est), "fa3": (runs["fa3"], est), "skip": (runs["cuda-skip"], est)}
+        for percent in args.sparsities:
+            calls[f"s{percent}"] = (runs[f"cuda-s{percent}"], est * (1 - percent / 100))
         row: dict = {"v": args.name, "shape": shape}
         for _ in range(args.rounds):
             for name, (call, estimate) in calls.items():
