@@ -23,6 +23,7 @@ struct KernelTraitsInt8 : SkipRows<kBlockM_, kBlockM_ / 64, kSkipRows_> {
   using ElementAccum = float;     // O and the dequantised scores
   using ElementAccumQK = int32_t; // the QK^T wgmma accumulator
   static constexpr bool kSkipState = true;  // INT8 calls always run the skip-state geometry
+  static constexpr bool kSkipTest = true;   // with the skip test's code, used or not
   static constexpr bool kQInRegisters = false;  // Q (int8) is read from shared memory
 
   static constexpr int kHeadDim = kHeadDim_;

@@ -153,16 +153,39 @@ int launch_fwd(FwdArgs const& args, cudaStream_t stream) {
   return int(cudaGetLastError());
 }
 
-// The kernel of calls with a skip state in the default tiles (and, where DenseGeometry is the same, of dense calls).
-template <class Element, int kHeadDim>
+// The kernel of calls with a skip state in the default tiles (and, where DenseGeometry is the same, of dense calls);
+// kSkipTest = false: the variant for calls that write no state and no tile gaps.
+template <class Element, int kHeadDim, bool kSkipTest = true>
 using SkipStateTraits = KernelTraits<kHeadDim, DefaultGeometry<kHeadDim>::kBlockM, DefaultGeometry<kHeadDim>::kBlockN,
                                      DefaultGeometry<kHeadDim>::kStages, Element, /*kSkipState=*/true,
-                                     DefaultGeometry<kHeadDim>::kSkipRows>;
+                                     DefaultGeometry<kHeadDim>::kSkipRows, kSkipTest>;
 // The kernel of calls with a skip state in FineSkipGeometry's tiles (head dim 128 only).
-template <class Element, int kHeadDim>
+template <class Element, int kHeadDim, bool kSkipTest = true>
 using FineSkipStateTraits =
     KernelTraits<kHeadDim, FineSkipGeometry<kHeadDim>::kBlockM, FineSkipGeometry<kHeadDim>::kBlockN,
-                 FineSkipGeometry<kHeadDim>::kStages, Element, /*kSkipState=*/true, FineSkipGeometry<kHeadDim>::kSkipRows>;
+                 FineSkipGeometry<kHeadDim>::kStages, Element, /*kSkipState=*/true,
+                 FineSkipGeometry<kHeadDim>::kSkipRows, kSkipTest>;
+
+// Whether a call runs the skip test or records tile gaps; the others read at most a keep bitmask, and their kernel
+// has none of that code (SkipStateTraits' kSkipTest).
+inline bool runs_skip_test(FwdArgs const& args) { return args.write_bits != nullptr || args.tile_gaps != nullptr; }
+
+// Whether a head dim has the kernel without the skip test's code. On an H100 it runs read-only calls up to 2.7%
+// faster at head dim 128; at 64 it spilled in its key loop and ran 7% slower (bench/NOTES-cuda.md, twenty-third
+// round), so calls there run the kernel with the skip test, which then tests nothing.
+template <int kHeadDim>
+constexpr bool has_read_only_kernel() {
+  return kHeadDim != 64;
+}
+
+// The skip-state kernel with or without the skip test's code, as the call needs.
+template <class Element, int kHeadDim, template <class, int, bool> class Traits>
+int launch_skip_state(FwdArgs const& args, cudaStream_t stream) {
+  if constexpr (has_read_only_kernel<kHeadDim>()) {
+    if (!runs_skip_test(args)) return launch_fwd<Traits<Element, kHeadDim, false>>(args, stream);
+  }
+  return launch_fwd<Traits<Element, kHeadDim, true>>(args, stream);
+}
 
 // Whether the call's tiles are FineSkipGeometry's (at a head dim that has one) rather than the default's.
 template <class Element, int kHeadDim>
@@ -207,9 +230,9 @@ int run_fwd_hdim(FwdArgs const& args, cudaStream_t stream) {
     }
   }
   if constexpr (kHeadDim == 128) {
-    if (fine) return launch_fwd<FineSkipStateTraits<Element, kHeadDim>>(args, stream);
+    if (fine) return launch_skip_state<Element, kHeadDim, FineSkipStateTraits>(args, stream);
   }
-  return launch_fwd<Traits>(args, stream);
+  return launch_skip_state<Element, kHeadDim, SkipStateTraits>(args, stream);
 }
 
 }  // namespace liteattn

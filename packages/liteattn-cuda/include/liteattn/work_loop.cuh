@@ -142,12 +142,12 @@ CUTE_DEVICE auto consumer_tile_iterator(Params const& params, typename Traits::S
   }
 }
 
-// The skip test of one work tile's rows (a no-op in kernels without a skip state); its begin and end take the
+// The skip test of one work tile's rows (a no-op in kernels without a skip test); its begin and end take the
 // thread's index within skip_row_threads.
 template <class Traits, class Params>
 CUTE_DEVICE auto skip_test_writer(Params const& params, typename Traits::SharedStorage& shared, WorkTile const& work,
                                   int thread_idx) {
-  if constexpr (Traits::kSkipState) {
+  if constexpr (Traits::kSkipTest) {
     // A row votes only if it is a real query row (rows of this thread as in the epilogue).
     using Writer = SkipTestWriter<skip_row_threads<Traits>(), flat_loop<Traits>()>;
     int const group = skip_row_group<Traits>(thread_idx);
