@@ -60,7 +60,8 @@ struct SkipRows {
 
 // kSkipState_ = false builds a kernel for dense calls only: every key tile computed, no skip test, no gaps.
 // kSkipTest_ = false builds a skip-state kernel for calls that only read a keep bitmask: the skip test, its
-// written row and the tile gaps compile away (launch.cuh picks it for calls without write_bits and tile_gaps).
+// written row and the tile gaps compile away (launch.cuh picks it for calls without write_bits and tile_gaps, at
+// the head dims has_read_only_kernel names).
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_, class Element_, bool kSkipState_ = true,
           int kSkipRows_ = 1, bool kSkipTest_ = true>
 struct KernelTraits : SkipRows<kBlockM_, kBlockM_ / 64, kSkipRows_> {
