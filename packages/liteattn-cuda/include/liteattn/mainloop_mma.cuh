@@ -249,6 +249,13 @@ CUTE_DEVICE int entry_tile(int entry) {
   return Traits::kSkipRows > 1 ? entry & 0xffff : entry;
 }
 
+// Whether list entry `entry` (a tile, not the list's end) is one that warpgroup `wg` (warpgroup_index) computes, as a
+// plain test: a vote here (entry_in_row) moved the flat loop's ring position to vector registers.
+template <class Traits>
+CUTE_DEVICE bool entry_owned_by(int entry, int wg) {
+  return ((entry >> (16 + wg)) & 1) != 0;
+}
+
 // Whether `entry` is a tile (not the list's end) that warpgroup `wg` computes (kOwn) or lets pass (!kOwn). Every
 // thread of a warp reads the same entry; with a skip row per warpgroup a vote tells the compiler so, which keeps the
 // K/V ring position that the key loops advance by the answer in uniform registers (without it the position moved to
@@ -258,7 +265,7 @@ CUTE_DEVICE bool entry_in_row(int entry, int wg) {
   if constexpr (Traits::kSkipRows == 1) {
     return kOwn && entry >= 0;
   } else {
-    return __all_sync(0xffffffffu, entry >= 0 && ((entry >> (16 + wg)) & 1) == int(kOwn));
+    return __all_sync(0xffffffffu, entry >= 0 && entry_owned_by<Traits>(entry, wg) == kOwn);
   }
 }
 
@@ -502,13 +509,6 @@ CUTE_DEVICE int warpgroup_index(int thread_idx) {
   CUTE_UNROLL
   for (int w = 1; w < Traits::kNumMmaWarpgroups; ++w) wg += __all_sync(0xffffffffu, thread_idx >= 128 * w) ? 1 : 0;
   return wg;
-}
-
-// Whether list entry `entry` (a tile, not the list's end) is one that warpgroup `wg` (warpgroup_index) computes, as a
-// plain test: a vote here (entry_in_row) moved the flat loop's ring position to vector registers.
-template <class Traits>
-CUTE_DEVICE bool entry_owned_by(int entry, int wg) {
-  return ((entry >> (16 + wg)) & 1) != 0;
 }
 
 // The V stage index through which the PV wgmma's descriptors reach Q's shared-memory tile (negative: Q lies before K
