@@ -171,8 +171,9 @@ using FineSkipStateTraits =
 inline bool runs_skip_test(FwdArgs const& args) { return args.write_bits != nullptr || args.tile_gaps != nullptr; }
 
 // Whether a head dim has the kernel without the skip test's code. On an H100 it runs read-only calls up to 2.7%
-// faster at head dim 128; at 64 it spilled in its key loop and ran 7% slower (bench/NOTES-cuda.md, twenty-third
-// round), so calls there run the kernel with the skip test, which then tests nothing.
+// faster at head dim 128; at 64 it spilled in its key loop and ran 7% slower, and with Q in shared memory instead
+// (no spill) no faster (bench/NOTES-cuda.md, twenty-third and twenty-fourth rounds), so calls there run the kernel
+// with the skip test, which then tests nothing.
 template <int kHeadDim>
 constexpr bool has_read_only_kernel() {
   return kHeadDim != 64;
