@@ -43,8 +43,9 @@ SKIP_CASES = CASES[1:5] + FINE_CASES[:2]
 
 
 def _tiles(case) -> tuple[int, int]:
-    """The case's (block_m, block_n): its own block_m where it names one, else the default of its head dim."""
-    return (case[9], 128) if len(case) > 9 else default_tile_shape(case[5])
+    """The case's (block_m, block_n): the default of its head dim, with the case's own block_m where it names one."""
+    block_m, block_n = default_tile_shape(case[5])
+    return (case[9] if len(case) > 9 else block_m, block_n)
 
 
 def _backend_and_inputs(case, seed):
