@@ -1,9 +1,10 @@
-"""liteattn in diffusers transformers: tiny random-weight Wan, LTX-Video, HunyuanVideo and CogVideoX on CPU."""
+"""liteattn in diffusers transformers: tiny random-weight Wan, LTX-Video, HunyuanVideo, CogVideoX and Mochi on CPU."""
 
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from liteattn import LiteAttention, lite_attention
 from liteattn.integrations._joint import dense_attention_lse, joint_attention
@@ -71,7 +72,20 @@ def _cogvideox():
     return model, inputs, ["transformer_blocks.0.attn1", "transformer_blocks.1.attn1"]
 
 
-MODELS = {"wan": _wan, "ltx": _ltx, "hunyuan": _hunyuan, "cogvideox": _cogvideox}
+def _mochi(batch=1):
+    from diffusers import MochiTransformer3DModel
+
+    model = MochiTransformer3DModel(patch_size=2, num_attention_heads=2, attention_head_dim=16, num_layers=2,
+                                    pooled_projection_dim=16, in_channels=4, text_embed_dim=16, time_embed_dim=16,
+                                    max_sequence_length=8)
+    mask = torch.ones(batch, 8, dtype=torch.long)
+    mask[-1, 5:] = 0  # the last sample: three padded text tokens, which its processor leaves out of the call
+    inputs = dict(hidden_states=torch.randn(batch, 4, 3, 16, 16), encoder_hidden_states=torch.randn(batch, 8, 16),
+                  timestep=torch.full((batch,), 500), encoder_attention_mask=mask)
+    return model, inputs, ["transformer_blocks.0.attn1", "transformer_blocks.1.attn1"]
+
+
+MODELS = {"wan": _wan, "ltx": _ltx, "hunyuan": _hunyuan, "cogvideox": _cogvideox, "mochi": _mochi}
 
 
 def _run(model, inputs):
@@ -127,6 +141,47 @@ def test_branches_keep_separate_states():
         counts = [[m.skip_state.call_count for m in branch.values()] for branch in handle.branch_modules]
         assert counts == [[2, 2], [2, 2]]
     assert handle.removed
+
+
+def test_mochi_samples_keep_separate_states():
+    """Mochi attends sample by sample, each over its own valid text tokens: sample i gets branch i's state."""
+    torch.manual_seed(0)
+    model, inputs, names = _mochi(batch=2)
+    model.eval()
+    expected = _run(model, inputs)
+    with enable_liteattn(model, enable_skipping=False, backend="reference", branches=2) as handle:
+        calls = []
+        for i, branch in enumerate(handle.branch_modules):
+            for module in branch.values():
+                module.register_forward_hook(lambda m, args, out, i=i: calls.append((i, args[0].shape[0])))
+        torch.testing.assert_close(_run(model, inputs), expected, atol=FP32_ATOL, rtol=1e-4)
+        assert calls == [(0, 1), (1, 1)] * len(names)  # per layer: sample 0, then sample 1, one at a time
+    with enable_liteattn(model, threshold=-2.0, backend="reference", branches=2) as handle:
+        for _ in range(3):
+            assert torch.isfinite(_run(model, inputs)).all()
+        counts = [[m.skip_state.call_count for m in branch.values()] for branch in handle.branch_modules]
+        assert counts == [[3, 3], [3, 3]]
+    with enable_liteattn(model, threshold=-2.0, backend="reference") as handle:  # one state for both samples
+        _run(model, inputs)
+        assert [m.skip_state.call_count for m in handle.modules.values()] == [2, 2]
+
+
+class _TokensProcessor:
+    """A processor whose video tokens are not called hidden_states."""
+
+    def __call__(self, attn, tokens):
+        return F.scaled_dot_product_attention(tokens, tokens, tokens)
+
+
+def test_per_sample_target_needs_hidden_states():
+    model = torch.nn.Module()
+    model.attn = torch.nn.Module()
+    model.attn.processor = _TokensProcessor()
+    with pytest.raises(ValueError, match="per_sample target needs a processor that takes hidden_states"):
+        enable_liteattn(model, targets=[Target("attn", "text_last", per_sample=True)])
+    assert isinstance(model.attn.processor, _TokensProcessor)  # nothing left behind
+    handle = enable_liteattn(model, targets=[Target("attn")])  # the same processor as a video target is fine
+    handle.remove()
 
 
 def test_targets_and_threshold_per_module():

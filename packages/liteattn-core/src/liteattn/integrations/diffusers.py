@@ -2,8 +2,8 @@
 
 Each video self-attention of the transformer gets its own :class:`~liteattn.LiteAttention` (a child module named
 ``liteattn`` of the attention module, so ``model.named_modules()`` and ``liteattn_calib.LiteAttentionRegistry``
-find it). Cross-attention stays dense. Joint text+video attention (HunyuanVideo, CogVideoX) is split: video->video
-skips, video->text and text->all are dense, and the parts are merged through their log-sum-exps.
+find it). Cross-attention stays dense. Joint text+video attention (HunyuanVideo, CogVideoX, Mochi) is split:
+video->video skips, video->text and text->all are dense, and the parts are merged through their log-sum-exps.
 
 How: the processor of each chosen attention module is wrapped. While the wrapped processor runs, its attention
 call (``dispatch_attention_fn``, or ``F.scaled_dot_product_attention`` in processors that call it directly) is
@@ -39,10 +39,15 @@ LAYOUTS = ("video", "text_first", "text_last")
 class Target:
     """Attention modules (an ``fnmatch`` pattern over ``named_modules()`` names) and their token layout:
     ``video`` (video self-attention), ``text_first`` / ``text_last`` (joint attention over text and video tokens,
-    text length = the ``encoder_hidden_states`` the processor receives)."""
+    text length = the ``encoder_hidden_states`` the processor receives).
+
+    ``per_sample``: the processor attends one sample at a time over its video tokens and only that sample's
+    valid text tokens (Mochi), so the text length of each call is its length minus the ``hidden_states`` the
+    processor receives, and sample i of the batch gets the skip state of branch i (modulo ``branches``)."""
 
     pattern: str
     layout: str = "video"
+    per_sample: bool = False
 
 
 MODEL_TARGETS: dict[str, tuple[Target, ...]] = {
@@ -52,6 +57,7 @@ MODEL_TARGETS: dict[str, tuple[Target, ...]] = {
     "HunyuanVideoTransformer3DModel": (Target("transformer_blocks.*.attn", "text_last"),
                                        Target("single_transformer_blocks.*.attn", "text_last")),
     "CogVideoXTransformer3DModel": (Target("transformer_blocks.*.attn1", "text_first"),),
+    "MochiTransformer3DModel": (Target("transformer_blocks.*.attn1", "text_last", per_sample=True),),
 }
 
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("liteattn_active_layer", default=None)
@@ -61,21 +67,33 @@ _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("liteattn_active_layer"
 class _Layer:
     """What a wrapped processor hands to the patched attention function while it runs."""
 
-    def __init__(self, handle: LiteAttnHandle, name: str, layout: str, text_len: int):
+    def __init__(self, handle: LiteAttnHandle, name: str, layout: str, text_len: int, video_len: int | None = None):
         self.handle, self.name, self.layout, self.text_len = handle, name, layout, text_len
+        self.video_len = video_len  # per-sample processors: the video tokens of every call
+        self.samples = 0  # self-attention calls so far in this processor call (per-sample: the sample index)
 
     def attend(self, q, k, v, attn_mask, scale):
         """BSHD attention through liteattn, or None to let the original function run (with a warning once)."""
         if q.shape[1] != k.shape[1]:
             return None  # not the self-attention call of this processor
-        lite = self.handle._lite_for(self.name)
+        sample, self.samples = self.samples, self.samples + 1
         try:
+            text_len = self.text_len
+            if self.video_len is None:
+                lite = self.handle._lite_for(self.name)
+            else:
+                if q.shape[0] != 1:
+                    raise ValueError(f"a per-sample call has batch {q.shape[0]}, not 1")
+                text_len = q.shape[1] - self.video_len
+                if text_len < 0:
+                    raise ValueError(f"the call has {q.shape[1]} tokens, fewer than the {self.video_len} video tokens")
+                lite = self.handle._lite_for_sample(self.name, sample)
             key_mask = key_padding_mask(attn_mask, q.shape[0], k.shape[1])
             if self.layout == "video":
                 if key_mask is not None and not bool(key_mask.all()):
                     raise ValueError("video keys are masked")
                 return lite(q, k, v, scale)
-            return joint_attention(lite, q, k, v, text_len=self.text_len, text_first=self.layout == "text_first",
+            return joint_attention(lite, q, k, v, text_len=text_len, text_first=self.layout == "text_first",
                                    key_mask=key_mask, scale=scale)
         except ValueError as error:
             self.handle._warn_once(f"liteattn: {self.name} runs dense: {error}")
@@ -155,9 +173,13 @@ def _release(site: tuple[str, str]) -> None:
 class _LiteProcessor:
     """Runs the original processor with its attention call routed to the layer's LiteAttention."""
 
-    def __init__(self, original, handle: LiteAttnHandle, name: str, layout: str):
+    def __init__(self, original, handle: LiteAttnHandle, name: str, layout: str, per_sample: bool):
         self.original, self.handle, self.name, self.layout = original, handle, name, layout
+        self.per_sample = per_sample
         self._signature = inspect.signature(original.__call__)
+        if per_sample and "hidden_states" not in self._signature.parameters:
+            raise ValueError(f"a per_sample target needs a processor that takes hidden_states (the video tokens); "
+                             f"{type(original).__name__}.__call__ takes {list(self._signature.parameters)}")
 
     def __getattr__(self, name):  # _attention_backend, _parallel_config, ... of the original
         if name == "original":
@@ -165,12 +187,14 @@ class _LiteProcessor:
         return getattr(self.original, name)
 
     def _call(self, attn, *args, **kwargs):
-        text_len = 0
-        if self.layout != "video":
+        text_len, video_len = 0, None
+        if self.layout != "video" or self.per_sample:
             bound = self._signature.bind_partial(attn, *args, **kwargs).arguments
             context = bound.get("encoder_hidden_states")
             text_len = 0 if context is None else context.shape[1]
-        token = _ACTIVE.set(_Layer(self.handle, self.name, self.layout, text_len))
+            if self.per_sample:
+                video_len = bound["hidden_states"].shape[1]
+        token = _ACTIVE.set(_Layer(self.handle, self.name, self.layout, text_len, video_len))
         try:
             return self.original(attn, *args, **kwargs)
         finally:
@@ -180,7 +204,7 @@ class _LiteProcessor:
 _WRAPPER_CLASSES: dict[type, type] = {}
 
 
-def _wrap(original, handle, name, layout) -> _LiteProcessor:
+def _wrap(original, handle, name, layout, per_sample) -> _LiteProcessor:
     """A wrapper whose ``__call__`` has the original's signature (diffusers filters kwargs by it)."""
     cls = type(original)
     if cls not in _WRAPPER_CLASSES:
@@ -189,7 +213,7 @@ def _wrap(original, handle, name, layout) -> _LiteProcessor:
 
         __call__.__signature__ = inspect.signature(cls.__call__)
         _WRAPPER_CLASSES[cls] = type(f"LiteAttn{cls.__name__}", (_LiteProcessor,), {"__call__": __call__})
-    return _WRAPPER_CLASSES[cls](original, handle, name, layout)
+    return _WRAPPER_CLASSES[cls](original, handle, name, layout, per_sample)
 
 
 # -- the handle -----------------------------------------------------------------------------------------------------
@@ -215,6 +239,9 @@ class LiteAttnHandle:
 
     def _lite_for(self, name: str) -> LiteAttention:
         return self.branch_modules[(self._calls - 1) % self.branches if self.branches > 1 else 0][name]
+
+    def _lite_for_sample(self, name: str, sample: int) -> LiteAttention:
+        return self.branch_modules[sample % self.branches][name]
 
     def _count_call(self, module, args):
         self._calls += 1
@@ -299,7 +326,8 @@ def enable_liteattn(transformer: torch.nn.Module, threshold: float | Sequence[fl
     ``name -> value`` per attention module. ``targets`` chooses the attention modules of models not in
     :data:`MODEL_TARGETS` (e.g. ``[Target("blocks.*.self_attn")]``). ``branches``: separate skip states for
     pipelines that run classifier-free guidance as separate transformer calls (Wan: 2), chosen by the call
-    count. ``block_m`` / ``block_n``: tile shape (default: :func:`liteattn.default_tile_shape`; kernels may
+    count, and for models that attend one sample at a time (Mochi: 2 with guidance), chosen by the sample.
+    ``block_m`` / ``block_n``: tile shape (default: :func:`liteattn.default_tile_shape`; kernels may
     support only the default). Returns a :class:`LiteAttnHandle`; ``handle.remove()`` restores the model exactly.
     """
     if targets is None:
@@ -315,18 +343,18 @@ def enable_liteattn(transformer: torch.nn.Module, threshold: float | Sequence[fl
             raise ValueError(f"layout must be one of {LAYOUTS}; got {target.layout!r}")
     chosen = []
     for name, module in transformer.named_modules():
-        layout = next((t.layout for t in targets if fnmatch.fnmatchcase(name, t.pattern)), None)
-        if layout is not None and hasattr(module, "processor"):
+        target = next((t for t in targets if fnmatch.fnmatchcase(name, t.pattern)), None)
+        if target is not None and hasattr(module, "processor"):
             if isinstance(module.processor, _LiteProcessor):
                 raise RuntimeError(f"liteattn is already enabled on {name}; remove() the first handle")
-            chosen.append((name, module, layout))
+            chosen.append((name, module, target))
     if not chosen:
         raise ValueError(f"no attention module of {type(transformer).__name__} matches "
                          f"{[t.pattern for t in targets]}")
 
     handle = LiteAttnHandle(transformer, branches)
     try:
-        for name, attn, layout in chosen:
+        for name, attn, target in chosen:
             original = attn.processor
             site = _patch_site(original)
             for i in range(branches):
@@ -334,9 +362,9 @@ def enable_liteattn(transformer: torch.nn.Module, threshold: float | Sequence[fl
                                      block_m=block_m, block_n=block_n)
                 attn.add_module("liteattn" if i == 0 else f"liteattn_b{i}", lite)
                 handle.branch_modules[i][name] = lite
-            handle.layouts[name] = layout
+            handle.layouts[name] = target.layout
             handle._originals[name] = original
-            wrapper = _wrap(original, handle, name, layout)
+            wrapper = _wrap(original, handle, name, target.layout, target.per_sample)
             attn.set_processor(wrapper) if hasattr(attn, "set_processor") else setattr(attn, "processor", wrapper)
             _acquire(site)
             handle._sites.append(site)

@@ -198,15 +198,16 @@ def run_e2e(pipe, call_kwargs: dict, *, seed: int = 0, threshold: float = -6.0, 
 
     ``calib_file``: a threshold file of ``liteattn_calib`` (applied through ``LiteAttentionRegistry`` in
     ``load`` mode) instead of the constant ``threshold``. ``branches``: separate skip states per classifier-free
-    guidance pass (None: 2 for Wan pipelines with guidance and no ``calib_file``, else 1). ``enable_kwargs`` go to
-    :func:`~liteattn.integrations.diffusers.enable_liteattn`. Returns a JSON-ready dict (``frames`` holds the
-    two decoded videos).
+    guidance pass (None: 2 for Wan and Mochi pipelines with guidance and no ``calib_file``, else 1).
+    ``enable_kwargs`` go to :func:`~liteattn.integrations.diffusers.enable_liteattn`. Returns a JSON-ready dict
+    (``frames`` holds the two decoded videos).
     """
     from .diffusers import enable_liteattn
 
     device = torch.device(device) if device is not None else next(_transformers(pipe)[0].parameters()).device
     if branches is None:  # the calibration registry keeps one state per call of a step itself
-        separate_cfg = type(pipe).__name__.startswith("Wan") and _guidance_scale(pipe, call_kwargs) > 1.0
+        # Wan runs the guidance passes as two transformer calls, Mochi's processor as two calls per layer
+        separate_cfg = type(pipe).__name__.startswith(("Wan", "Mochi")) and _guidance_scale(pipe, call_kwargs) > 1.0
         branches = 2 if separate_cfg and not calib_file else 1
     if warmup_steps:
         warm = dict(call_kwargs, num_inference_steps=warmup_steps)
