@@ -29,7 +29,7 @@ inline bool is_dense_call(FwdArgs const& args) {
 // The padded last key tile of kernels that mask no keys (flat_loop): per (b, kv head), the last key tile's keys
 // followed by copies of key Sk - 1 where keys past Sk would be, (B, Hkv, kBlockN, D) contiguous. Equal scores keep
 // the tile's max and the skip test exact; TMA zero-fills V past Sk, so O gains nothing from the copies, and
-// KeyPadDiscount (mainloop_mma.cuh) takes them out of the row sums.
+// KeyPadDiscount (mainloop_flat.cuh) takes them out of the row sums.
 template <class Traits>
 int64_t key_pad_workspace_floats(FwdArgs const& args) {
   if (!flat_loop<Traits>() || args.seqlen_k % Traits::kBlockN == 0) return 0;
