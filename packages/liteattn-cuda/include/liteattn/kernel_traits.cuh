@@ -99,8 +99,7 @@ struct KernelTraits : SkipRows<kBlockM_, kBlockM_ / 64, kSkipRows_> {
   // registers once per work tile instead (RS wgmma, D/4 registers per thread): 1-2% on an H100 for the
   // skip-state kernels (bench/NOTES-cuda.md, seventh round). The 176-key dense tile and head dim 256 (O alone is
   // 128 registers) have no registers to spare: both spilled.
-  static constexpr bool kQInRegisters =
-      LITEATTN_Q_IN_REGISTERS && kSkipState && kHeadDim <= 128 && (kNumMmaWarpgroups < 3 || kHeadDim <= 64);
+  static constexpr bool kQInRegisters = LITEATTN_Q_IN_REGISTERS && kSkipState && kHeadDim <= 128;
   using MmaQKOp = std::conditional_t<kQInRegisters,
                                      decltype(SM90::GMMA::rs_op_selector<Element, Element, ElementAccum, TileShapeMNK>()),
                                      decltype(SM90::GMMA::ss_op_selector<Element, Element, ElementAccum, TileShapeMNK>())>;
@@ -169,12 +168,8 @@ struct KernelTraits : SkipRows<kBlockM_, kBlockM_ / 64, kSkipRows_> {
 // Two warpgroups run it (INT8 at head dim 64: 14.7 against 18.2 ms in the serial loop, eighteenth round); three
 // (the 16-bit kernels at head dim 64, 192-row CTAs) do not fit P beside S in their 160 registers (it spilled 152
 // bytes and measured 15% slower, seventeenth round) and run the serial loop.
-#ifndef LITEATTN_OVERLAP_3WG_D128
-#define LITEATTN_OVERLAP_3WG_D128 1
-#endif
 template <class Traits>
 constexpr bool overlapped_loop() {
-  if (Traits::kNumMmaWarpgroups == 3 && Traits::kHeadDim == 128 && !LITEATTN_OVERLAP_3WG_D128) return false;
   return LITEATTN_OVERLAP && Traits::kHeadDim <= 128 && (Traits::kSkipRows == 1 || Traits::kNumMmaWarpgroups == 2);
 }
 
@@ -221,12 +216,8 @@ template <> struct DefaultGeometry<256> {
 // masks, whose two rows per CTA rarely agree, they are slower (bench/NOTES-cuda.md, twenty-first and twenty-second
 // rounds). Not the default, and not for INT8 Q/K.
 template <int kHeadDim> struct FineSkipGeometry;
-#ifndef LITEATTN_FINE_BLOCK_M_D128
-#define LITEATTN_FINE_BLOCK_M_D128 128
-#endif
 template <> struct FineSkipGeometry<128> {
-  static constexpr int kBlockM = LITEATTN_FINE_BLOCK_M_D128, kBlockN = 128, kStages = LITEATTN_STAGES_D128,
-                       kSkipRows = LITEATTN_FINE_BLOCK_M_D128 / 64;
+  static constexpr int kBlockM = 128, kBlockN = 128, kStages = LITEATTN_STAGES_D128, kSkipRows = 2;
 };
 
 // The geometry of calls without a skip state (dense calls, launch.cuh), free of the 128 x 128 tiles the skip state
@@ -240,9 +231,6 @@ template <> struct FineSkipGeometry<128> {
 #ifndef LITEATTN_DENSE_BLOCK_N_D128
 #define LITEATTN_DENSE_BLOCK_N_D128 176
 #endif
-#ifndef LITEATTN_DENSE_BLOCK_M_D128
-#define LITEATTN_DENSE_BLOCK_M_D128 128
-#endif
 #ifndef LITEATTN_DENSE_BLOCK_N_D64
 #define LITEATTN_DENSE_BLOCK_N_D64 128
 #endif
@@ -255,7 +243,7 @@ template <> struct FineSkipGeometry<128> {
 
 template <int kHeadDim> struct DenseGeometry : DefaultGeometry<kHeadDim> {};
 template <> struct DenseGeometry<128> {
-  static constexpr int kBlockM = LITEATTN_DENSE_BLOCK_M_D128, kBlockN = LITEATTN_DENSE_BLOCK_N_D128, kStages = 2;
+  static constexpr int kBlockM = 128, kBlockN = LITEATTN_DENSE_BLOCK_N_D128, kStages = 2;
 };
 template <> struct DenseGeometry<64> {
   static constexpr int kBlockM = LITEATTN_DENSE_BLOCK_M_D64, kBlockN = LITEATTN_DENSE_BLOCK_N_D64,

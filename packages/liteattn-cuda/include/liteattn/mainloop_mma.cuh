@@ -236,8 +236,7 @@ CUTE_DEVICE int consumer_mainloop(Params const& params, WorkTile const& work, ty
   // Built with -DLITEATTN_OVERLAP=0 for 64-row skip tiles at head dim 128, this combination failed the GPU parity tests
   // (fp16, GQA, reverse visit, a partial last key tile) and wrote a different skip state over the video run; the
   // cause is not known (bench/NOTES-cuda.md, eighteenth round), so it does not build.
-  static_assert(overlapped_loop<Traits>() || Traits::kSkipRows == 1 || Traits::kHeadDim == 64 ||
-                    Traits::kNumMmaWarpgroups == 3,
+  static_assert(overlapped_loop<Traits>() || Traits::kSkipRows == 1 || Traits::kHeadDim == 64,
                 "the serial loop with a skip row per warpgroup is only validated at head dim 64");
   if constexpr (flat_loop<Traits>()) {
     return consumer_mainloop_flat<Traits>(params, shared, pipeline_k, pipeline_v, tiles, thread_idx, tOrO, softmax,
