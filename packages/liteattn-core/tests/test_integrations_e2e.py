@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("diffusers")
 
 from liteattn import cli  # noqa: E402
-from liteattn.integrations.e2e import psnr, run_e2e, ssim, tiny_wan_pipeline  # noqa: E402
+from liteattn.integrations.e2e import psnr, run_e2e, separate_guidance_passes, ssim, tiny_wan_pipeline  # noqa: E402
 
 
 def test_psnr_and_ssim():
@@ -46,3 +46,23 @@ def test_cli_e2e_tiny(tmp_path, capsys):
     assert result["pipeline"] == "WanPipeline" and len(result["liteattn"]["steps"]) == 1
     assert "Speed-up" in (tmp_path / "summary.md").read_text()
     assert "| liteattn |" in capsys.readouterr().out
+
+
+def _pipeline(name: str, default_guidance: float):
+    def __call__(self, prompt=None, guidance_scale=default_guidance, true_cfg_scale=1.0, negative_prompt=None):
+        pass
+
+    return type(name, (), {"__call__": __call__})()
+
+
+@pytest.mark.parametrize("name, default, kwargs, separate", [
+    ("WanPipeline", 5.0, {}, True),
+    ("WanPipeline", 5.0, {"guidance_scale": 1.0}, False),
+    ("MochiPipeline", 4.5, {}, True),
+    ("HunyuanVideoPipeline", 6.0, {}, False),  # embedded guidance: one transformer call per step
+    ("HunyuanVideoPipeline", 6.0, {"true_cfg_scale": 4.0}, False),  # no negative prompt: no true guidance
+    ("HunyuanVideoPipeline", 6.0, {"true_cfg_scale": 4.0, "negative_prompt": "blurry"}, True),
+    ("LTXPipeline", 3.0, {}, False),  # both passes in one batched call
+])
+def test_separate_guidance_passes(name, default, kwargs, separate):
+    assert separate_guidance_passes(_pipeline(name, default), kwargs) is separate

@@ -198,7 +198,8 @@ def run_e2e(pipe, call_kwargs: dict, *, seed: int = 0, threshold: float = -6.0, 
 
     ``calib_file``: a threshold file of ``liteattn_calib`` (applied through ``LiteAttentionRegistry`` in
     ``load`` mode) instead of the constant ``threshold``. ``branches``: separate skip states per classifier-free
-    guidance pass (None: 2 for Wan and Mochi pipelines with guidance and no ``calib_file``, else 1).
+    guidance pass (None: 2 where the two passes reach each attention layer as separate calls, see
+    :func:`separate_guidance_passes`, and there is no ``calib_file``; else 1).
     ``enable_kwargs`` go to :func:`~liteattn.integrations.diffusers.enable_liteattn`. Returns a JSON-ready dict
     (``frames`` holds the two decoded videos).
     """
@@ -206,9 +207,7 @@ def run_e2e(pipe, call_kwargs: dict, *, seed: int = 0, threshold: float = -6.0, 
 
     device = torch.device(device) if device is not None else next(_transformers(pipe)[0].parameters()).device
     if branches is None:  # the calibration registry keeps one state per call of a step itself
-        # Wan runs the guidance passes as two transformer calls, Mochi's processor as two calls per layer
-        separate_cfg = type(pipe).__name__.startswith(("Wan", "Mochi")) and _guidance_scale(pipe, call_kwargs) > 1.0
-        branches = 2 if separate_cfg and not calib_file else 1
+        branches = 2 if separate_guidance_passes(pipe, call_kwargs) and not calib_file else 1
     if warmup_steps:
         warm = dict(call_kwargs, num_inference_steps=warmup_steps)
         _generate(pipe, warm, seed, device)
@@ -258,6 +257,20 @@ def run_e2e(pipe, call_kwargs: dict, *, seed: int = 0, threshold: float = -6.0, 
         quality=quality, speedup=speedup,
         frames=dict(dense=dense_frames, liteattn=lite_frames),
     )
+
+
+def separate_guidance_passes(pipe, call_kwargs: dict) -> bool:
+    """Whether ``pipe(**call_kwargs)`` runs classifier-free guidance as two attention calls per layer and step, each
+    of which should keep its own skip state: Wan (two transformer calls), HunyuanVideo's true guidance
+    (``true_cfg_scale`` > 1 with a negative prompt: two transformer calls) and Mochi (its attention processor
+    attends one sample of the batch at a time)."""
+    name = type(pipe).__name__
+    if name.startswith(("Wan", "Mochi")):
+        return _guidance_scale(pipe, call_kwargs) > 1.0
+    if name.startswith("HunyuanVideo"):
+        negative = any(call_kwargs.get(k) is not None for k in ("negative_prompt", "negative_prompt_embeds"))
+        return negative and float(call_kwargs.get("true_cfg_scale") or 1.0) > 1.0
+    return False
 
 
 def _guidance_scale(pipe, call_kwargs: dict) -> float:
