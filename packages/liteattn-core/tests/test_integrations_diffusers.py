@@ -16,22 +16,23 @@ from liteattn.integrations.diffusers import Target, enable_liteattn  # noqa: E40
 FP32_ATOL = 2e-5
 
 
-def _wan():
+def _wan(head_dim=16):
     from diffusers import WanTransformer3DModel
 
-    model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4,
-                                  out_channels=4, text_dim=32, freq_dim=32, ffn_dim=32, num_layers=2,
+    model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=head_dim,
+                                  in_channels=4, out_channels=4, text_dim=32, freq_dim=32, ffn_dim=32, num_layers=2,
                                   cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
     inputs = dict(hidden_states=torch.randn(1, 4, 3, 16, 16), timestep=torch.tensor([500]),
                   encoder_hidden_states=torch.randn(1, 12, 32))
     return model, inputs, ["blocks.0.attn1", "blocks.1.attn1"]
 
 
-def _ltx():
+def _ltx(head_dim=16):
     from diffusers import LTXVideoTransformer3DModel
 
     model = LTXVideoTransformer3DModel(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1,
-                                       num_attention_heads=2, attention_head_dim=16, cross_attention_dim=32,
+                                       num_attention_heads=2, attention_head_dim=head_dim,
+                                       cross_attention_dim=2 * head_dim,
                                        num_layers=2, caption_channels=16)
     frames, height, width = 3, 8, 8
     inputs = dict(hidden_states=torch.randn(1, frames * height * width, 8), encoder_hidden_states=torch.randn(1, 6, 16),
@@ -40,13 +41,14 @@ def _ltx():
     return model, inputs, ["transformer_blocks.0.attn1", "transformer_blocks.1.attn1"]
 
 
-def _hunyuan():
+def _hunyuan(head_dim=16):
     from diffusers import HunyuanVideoTransformer3DModel
 
-    model = HunyuanVideoTransformer3DModel(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16,
-                                           num_layers=1, num_single_layers=1, num_refiner_layers=1, patch_size=2,
-                                           patch_size_t=1, text_embed_dim=16, pooled_projection_dim=8,
-                                           rope_axes_dim=(4, 6, 6))
+    model = HunyuanVideoTransformer3DModel(in_channels=4, out_channels=4, num_attention_heads=2,
+                                           attention_head_dim=head_dim, num_layers=1, num_single_layers=1,
+                                           num_refiner_layers=1, patch_size=2, patch_size_t=1, text_embed_dim=16,
+                                           pooled_projection_dim=8,
+                                           rope_axes_dim=(head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8))
     mask = torch.ones(1, 7)
     mask[:, 5:] = 0  # two padded text tokens
     inputs = dict(hidden_states=torch.randn(1, 4, 3, 16, 16), timestep=torch.tensor([500]),
@@ -55,27 +57,28 @@ def _hunyuan():
     return model, inputs, ["transformer_blocks.0.attn", "single_transformer_blocks.0.attn"]
 
 
-def _cogvideox():
+def _cogvideox(head_dim=16):
     from diffusers import CogVideoXTransformer3DModel
 
-    model = CogVideoXTransformer3DModel(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4,
-                                        time_embed_dim=8, text_embed_dim=16, num_layers=2, sample_width=16,
-                                        sample_height=16, sample_frames=9, patch_size=2, temporal_compression_ratio=4,
-                                        max_text_seq_length=8, use_rotary_positional_embeddings=True)
+    model = CogVideoXTransformer3DModel(num_attention_heads=2, attention_head_dim=head_dim, in_channels=4,
+                                        out_channels=4, time_embed_dim=8, text_embed_dim=16, num_layers=2,
+                                        sample_width=16, sample_height=16, sample_frames=9, patch_size=2,
+                                        temporal_compression_ratio=4, max_text_seq_length=8,
+                                        use_rotary_positional_embeddings=True)
     inputs = dict(hidden_states=torch.randn(1, 3, 4, 16, 16), encoder_hidden_states=torch.randn(1, 8, 16),
                   timestep=torch.tensor([500]), image_rotary_emb=None)
     from diffusers.models.embeddings import get_3d_rotary_pos_embed
 
-    cos, sin = get_3d_rotary_pos_embed(16, crops_coords=((0, 0), (8, 8)), grid_size=(8, 8), temporal_size=3,
+    cos, sin = get_3d_rotary_pos_embed(head_dim, crops_coords=((0, 0), (8, 8)), grid_size=(8, 8), temporal_size=3,
                                        use_real=True)
     inputs["image_rotary_emb"] = (cos, sin)
     return model, inputs, ["transformer_blocks.0.attn1", "transformer_blocks.1.attn1"]
 
 
-def _mochi(batch=1):
+def _mochi(batch=1, head_dim=16):
     from diffusers import MochiTransformer3DModel
 
-    model = MochiTransformer3DModel(patch_size=2, num_attention_heads=2, attention_head_dim=16, num_layers=2,
+    model = MochiTransformer3DModel(patch_size=2, num_attention_heads=2, attention_head_dim=head_dim, num_layers=2,
                                     pooled_projection_dim=16, in_channels=4, text_embed_dim=16, time_embed_dim=16,
                                     max_sequence_length=8)
     mask = torch.ones(batch, 8, dtype=torch.long)
@@ -230,3 +233,48 @@ def test_calibration_registry_finds_one_layer_per_self_attention():
             registry.step()
         registry.remove()
     assert handle.removed
+
+
+def _on_gpu(inputs, dtype):
+    """The inputs on the GPU, floating-point tensors in ``dtype`` (the time step and masks keep theirs)."""
+    def move(name, x):
+        if isinstance(x, tuple):
+            return tuple(move(name, y) for y in x)
+        if not torch.is_tensor(x):
+            return x
+        floating = x.is_floating_point() and name not in ("timestep", "encoder_attention_mask", "image_rotary_emb")
+        return x.to("cuda", dtype if floating else x.dtype)
+    return {name: move(name, x) for name, x in inputs.items()}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_gpu_backend_inside_the_model(name, backend):
+    """Each model in bf16 on the GPU, head dim 64, its attention on a GPU backend: the output's error against the
+    same model in fp32 is at most twice that of the model's own bf16 run (FA3's rule, applied to the whole
+    transformer), and skipping runs."""
+    import liteattn
+
+    if backend not in liteattn.available_backends():
+        pytest.skip(f"backend {backend!r} cannot run here")
+    torch.manual_seed(0)
+    model, inputs, names = MODELS[name](head_dim=64)
+    model = model.eval().cuda()
+    reference = _run(model, _on_gpu(inputs, torch.float32)).float()
+    model = model.to(torch.bfloat16)
+    inputs = _on_gpu(inputs, torch.bfloat16)
+    low_precision = _run(model, inputs)
+    with enable_liteattn(model, enable_skipping=False, backend=backend) as handle:
+        calls = []
+        for module in handle.modules.values():
+            module.register_forward_hook(lambda m, args, out: calls.append(m))
+        got = _run(model, inputs)
+        assert len(calls) == len(names)
+    budget = 2 * (low_precision.float() - reference).abs().max().item() + 1e-3
+    assert (got.float() - reference).abs().max().item() <= budget
+    with enable_liteattn(model, threshold=-2.0, backend=backend) as handle:
+        for _ in range(3):
+            assert torch.isfinite(_run(model, inputs)).all()
+        assert all(m.skip_state.call_count == 3 for m in handle.modules.values())
