@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from liteattn import LiteAttention, lite_attention
+from liteattn import LiteAttention, available_backends, lite_attention
 from liteattn.integrations._joint import dense_attention_lse, joint_attention
 
 diffusers = pytest.importorskip("diffusers")
@@ -97,6 +97,14 @@ def _run(model, inputs):
     return out.clone()
 
 
+def _record_calls(handle) -> list:
+    """The LiteAttention modules of ``handle`` (branch 0) in the order they are called from now on."""
+    calls = []
+    for module in handle.modules.values():
+        module.register_forward_hook(lambda m, args, out: calls.append(m))
+    return calls
+
+
 @pytest.fixture(params=sorted(MODELS))
 def tiny(request):
     torch.manual_seed(0)
@@ -109,9 +117,7 @@ def test_skipping_off_matches_the_original(tiny):
     expected = _run(model, inputs)
     handle = enable_liteattn(model, enable_skipping=False, backend="reference")
     assert sorted(handle.modules) == sorted(names)
-    calls = []
-    for module in handle.modules.values():
-        module.register_forward_hook(lambda m, args, out: calls.append(m))
+    calls = _record_calls(handle)
     got = _run(model, inputs)
     assert len(calls) == len(names)  # every self-attention went through its LiteAttention
     torch.testing.assert_close(got, expected, atol=FP32_ATOL, rtol=1e-4)
@@ -255,9 +261,7 @@ def test_gpu_backend_inside_the_model(name, backend):
     """Each model in bf16 on the GPU, head dim 64, its attention on a GPU backend: the output's error against the
     same model in fp32 is at most twice that of the model's own bf16 run (FA3's rule, applied to the whole
     transformer), and skipping runs."""
-    import liteattn
-
-    if backend not in liteattn.available_backends():
+    if backend not in available_backends():
         pytest.skip(f"backend {backend!r} cannot run here")
     torch.manual_seed(0)
     model, inputs, names = MODELS[name](head_dim=64)
@@ -267,9 +271,7 @@ def test_gpu_backend_inside_the_model(name, backend):
     inputs = _on_gpu(inputs, torch.bfloat16)
     low_precision = _run(model, inputs)
     with enable_liteattn(model, enable_skipping=False, backend=backend) as handle:
-        calls = []
-        for module in handle.modules.values():
-            module.register_forward_hook(lambda m, args, out: calls.append(m))
+        calls = _record_calls(handle)
         got = _run(model, inputs)
         assert len(calls) == len(names)
     budget = 2 * (low_precision.float() - reference).abs().max().item() + 1e-3
