@@ -188,6 +188,8 @@ def test_per_sample_target_needs_hidden_states():
     model.attn.processor = _TokensProcessor()
     with pytest.raises(ValueError, match="per_sample target needs a processor that takes hidden_states"):
         enable_liteattn(model, targets=[Target("attn", "text_last", per_sample=True)])
+    with pytest.raises(ValueError, match="per_sample must be True or False; got 'yes'"):
+        enable_liteattn(model, targets=[Target("attn", "text_last", per_sample="yes")])
     assert isinstance(model.attn.processor, _TokensProcessor)  # nothing left behind
     handle = enable_liteattn(model, targets=[Target("attn")])  # the same processor as a video target is fine
     handle.remove()

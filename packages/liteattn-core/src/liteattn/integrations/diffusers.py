@@ -341,6 +341,8 @@ def enable_liteattn(transformer: torch.nn.Module, threshold: float | Sequence[fl
     for target in targets:
         if target.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}; got {target.layout!r}")
+        if not isinstance(target.per_sample, bool):
+            raise ValueError(f"per_sample must be True or False; got {target.per_sample!r}")
     chosen = []
     for name, module in transformer.named_modules():
         target = next((t for t in targets if fnmatch.fnmatchcase(name, t.pattern)), None)
